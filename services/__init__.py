@@ -1,0 +1,1 @@
+"""The two services (gateway, worker), the shipped workflows and the `tidings` CLI."""

@@ -1,0 +1,1 @@
+"""The shipped workflows. Importing this package registers them (see shared.workflow)."""

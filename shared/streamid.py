@@ -1,0 +1,22 @@
+"""Redis stream IDs as cursors: parse, compare, validate."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import BadCursor
+
+__all__ = ["StreamId", "parse_cursor"]
+
+_ID = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+
+StreamId = tuple[int, int]
+
+
+def parse_cursor(raw: str | bytes) -> StreamId:
+    """`1732190000000-3` → (1732190000000, 3); `0` is the beginning. Anything else is BadCursor."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    match = _ID.match(text.strip())
+    if not match:
+        raise BadCursor(f"not a stream ID: {text[:64]!r} (expected like 1732190000000-0)")
+    return int(match.group(1)), int(match.group(2) or 0)

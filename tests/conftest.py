@@ -1,0 +1,138 @@
+"""Fixtures shared by every test.
+
+Redis: one embedded Valkey per session (or `TIDINGS_TEST_REDIS_URL`). Each test gets its own
+namespace, so tests never see each other's keys and nothing is ever flushed wholesale; the
+namespace's keys are deleted when the test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.bus import Bus
+from shared.embedded import EmbeddedValkey
+from shared.keys import Keys
+from shared.redis import connect
+from shared.runs import RunStore
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("TIDINGS_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="tidings-test-valkey-") as tmp:
+        server = EmbeddedValkey(tmp, persistent=False)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(redis_url: str, namespace: str) -> Settings:
+    return Settings(redis_url=redis_url, namespace=namespace)
+
+
+@pytest.fixture
+def keys(namespace: str) -> Keys:
+    return Keys(namespace)
+
+
+@pytest.fixture
+async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
+    client = connect(redis_url)
+    try:
+        yield client
+    finally:
+        async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            await client.delete(key)
+        await client.aclose()
+
+
+@pytest.fixture
+def bus(redis: Redis, keys: Keys) -> Bus:
+    return Bus(redis, keys)
+
+
+@pytest.fixture
+def store(redis: Redis, keys: Keys) -> RunStore:
+    return RunStore(redis, keys)
+
+
+class Processes:
+    """Child processes a test starts; the live ones are ended by their own pid at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, args: list[str], env: dict[str, str] | None = None, name: str = "proc"
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def python(
+        self, module: str, *args: str, env: dict[str, str] | None = None, name: str = "proc"
+    ) -> subprocess.Popen[bytes]:
+        return self.start([sys.executable, "-m", module, *args], env=env, name=name)
+
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def settings_env(settings: Settings) -> Callable[..., dict[str, str]]:
+    """Environment for a child process that should use this test's Redis and namespace."""
+
+    def make(**extra: object) -> dict[str, str]:
+        env = {"REDIS_URL": settings.redis_url or "", "TIDINGS_NAMESPACE": settings.namespace}
+        env.update({f"TIDINGS_{k.upper()}": str(v) for k, v in extra.items()})
+        return env
+
+    return make

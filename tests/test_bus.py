@@ -1,0 +1,146 @@
+"""The atomic publish script and replay, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.bus import Bus
+from shared.errors import Fenced, NotFound, RunFinished
+from shared.events import Event, EventType, RunStatus
+from shared.keys import Keys
+from shared.runs import RunStore
+
+
+async def test_publish_appends_announces_and_updates_the_run(
+    bus: Bus, store: RunStore, redis: Redis, keys: Keys
+) -> None:
+    run = await store.create("demo", {"x": 1})
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.run_channel(run.run_id))
+    await pubsub.get_message(timeout=1)  # subscribe confirmation
+
+    ev = await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go", progress=5, attempt=1)
+    assert ev.seq == 1 and ev.progress == 5 and ev.id
+
+    msg = await pubsub.get_message(timeout=2)
+    assert msg is not None
+    live = Event.model_validate_json(msg["data"])
+    assert live == ev
+    [(eid, stored)] = await bus.read(run.run_id)
+    assert Event.model_validate_json(stored) == ev
+    assert f"{eid[0]}-{eid[1]}" == ev.id
+
+    rec = await store.get(run.run_id)
+    assert rec.status is RunStatus.RUNNING
+    assert rec.started_at and rec.progress == 5 and rec.last_event_id == ev.id
+    await pubsub.aclose()
+
+
+async def test_seq_is_gapless_and_progress_never_decreases_under_concurrency(
+    bus: Bus, store: RunStore
+) -> None:
+    run = await store.create("demo", None)
+    asked = [float(i % 37) for i in range(300)]
+    events = await asyncio.gather(
+        *(bus.publish(run.run_id, EventType.TASK_PROGRESS, progress=p) for p in asked)
+    )
+    logged = await bus.events(run.run_id, limit=1000)
+    assert [e.seq for e in logged] == list(range(1, 301))
+    progresses = [e.progress for e in logged]
+    assert progresses == sorted(progresses) and progresses[-1] == 36
+    assert sorted(e.seq for e in events) == list(range(1, 301))
+
+
+async def test_progress_is_clamped_to_100(bus: Bus, store: RunStore) -> None:
+    run = await store.create("demo", None)
+    ev = await bus.publish(run.run_id, EventType.TASK_PROGRESS, progress=250)
+    assert ev.progress == 100
+
+
+async def test_stale_attempt_is_fenced_and_writes_nothing(
+    bus: Bus, store: RunStore, redis: Redis, keys: Keys
+) -> None:
+    run = await store.create("demo", None)
+    await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, attempt=1)
+    await redis.hset(keys.run(run.run_id), "attempt", "2")
+    with pytest.raises(Fenced):
+        await bus.publish(run.run_id, EventType.TASK_STARTED, attempt=1)
+    assert len(await bus.read(run.run_id)) == 1
+    # Unfenced publishes (control events from the gateway) still go through.
+    await bus.publish(run.run_id, EventType.SIGNAL_RECEIVED, "stop")
+
+
+async def test_unknown_run_is_not_found(bus: Bus) -> None:
+    with pytest.raises(NotFound):
+        await bus.publish("nope", EventType.LOG, "x")
+
+
+async def test_log_is_closed_after_terminal_event(
+    bus: Bus, store: RunStore, redis: Redis, keys: Keys
+) -> None:
+    run = await store.create("demo", None)
+    await bus.publish(
+        run.run_id, EventType.WORKFLOW_COMPLETED, progress=100, fields={"result": '{"ok":true}'}
+    )
+    with pytest.raises(RunFinished):
+        await bus.publish(run.run_id, EventType.LOG, "late")
+    rec = await store.get(run.run_id)
+    assert rec.status is RunStatus.COMPLETED and rec.result == {"ok": True} and rec.finished_at
+    assert await redis.zscore(keys.active, run.run_id) is None
+
+
+async def test_lifecycle_summaries_on_status_and_whole_percent_changes(
+    bus: Bus, store: RunStore, redis: Redis, keys: Keys
+) -> None:
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.runs_channel)
+    await pubsub.get_message(timeout=1)
+    run = await store.create("demo", None)
+    await bus.publish(run.run_id, EventType.WORKFLOW_STARTED)
+    await bus.publish(run.run_id, EventType.TASK_PROGRESS, progress=10.2)
+    await bus.publish(run.run_id, EventType.TASK_PROGRESS, progress=10.7)  # same whole percent
+    await bus.publish(run.run_id, EventType.TOKEN, "tok")
+    await bus.publish(run.run_id, EventType.WORKFLOW_COMPLETED, progress=100)
+    seen = []
+    while (msg := await pubsub.get_message(timeout=0.5)) is not None:
+        seen.append(json.loads(msg["data"]))
+    assert [(s["status"], int(s["progress"])) for s in seen] == [
+        ("queued", 0),
+        ("running", 0),
+        ("running", 10),
+        ("completed", 100),
+    ]
+    await pubsub.aclose()
+
+
+async def test_trimmed_log_reports_the_gap(redis: Redis, keys: Keys, store: RunStore) -> None:
+    bus = Bus(redis, keys, maxlen=10)
+    run = await store.create("demo", None)
+    first = await bus.publish(run.run_id, EventType.LOG, "first")
+    for i in range(300):
+        await bus.publish(run.run_id, EventType.LOG, str(i))
+    info = await bus.log_info(run.run_id)
+    assert info.length < 301
+    assert info.has_gap_after((0, 0))
+    ms, sq = (int(x) for x in first.id.split("-"))
+    assert info.has_gap_after((ms, sq))
+    assert info.last_id is not None and not info.has_gap_after(info.last_id)
+
+
+async def test_log_info_of_empty_log(bus: Bus, store: RunStore) -> None:
+    run = await store.create("demo", None)
+    info = await bus.log_info(run.run_id)
+    assert info.length == 0 and not info.has_gap_after((0, 0))
+
+
+async def test_read_pages_after_a_cursor(bus: Bus, store: RunStore) -> None:
+    run = await store.create("demo", None)
+    evs = [await bus.publish(run.run_id, EventType.LOG, str(i)) for i in range(7)]
+    page = await bus.read(run.run_id, count=3)
+    assert [Event.model_validate_json(raw).message for _, raw in page] == ["0", "1", "2"]
+    rest = await bus.read(run.run_id, after=page[-1][0], count=100)
+    assert [Event.model_validate_json(raw).seq for _, raw in rest] == [e.seq for e in evs[3:]]
