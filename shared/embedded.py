@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["EmbeddedValkey", "free_port"]
+__all__ = ["EmbeddedValkey", "die_with_parent", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+# Public for the other process supervisors (`tidings up`, the benchmarks): pass as `preexec_fn`.
+die_with_parent = _die_with_parent
 
 
 class EmbeddedValkey:
@@ -102,6 +106,9 @@ class EmbeddedValkey:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # Its own process group: a Ctrl-C meant for the parent must not stop the server
+            # before the processes that still need it have shut down.
+            process_group=0,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -21,7 +21,12 @@ publish script needs.
 | `<ns>:queue`                 | zset    | the arq queue                                            |
 | channel `<ns>:run:{ID}`      | pub/sub | each event of the run (JSON with its stream `id`)        |
 | channel `<ns>:runs`          | pub/sub | run lifecycle summaries (JSON)                           |
-| channel `<ns>:wake`          | pub/sub | "a job was enqueued": wakes idle workers at once         |
+| channel `<ns>:wake`          | pub/sub | workers' doorbell: `job <id>` enqueued, `signal <run>`   |
+| `<ns>:compat:wf:{ID}`        | string  | seed-000 workflow definition until `execute` (TTL 1 d)   |
+
+arq keeps its own per-job keys outside the namespace, named by job id (`run:{ID}:{attempt}`,
+`task:{ID}:{TID}:{attempt}.{try}`, see `shared.jobs`): `arq:job:<job id>` (the JSON payload),
+`arq:in-progress:<job id>` and `arq:retry:<job id>`, all short-lived.
 """
 
 from __future__ import annotations
@@ -88,6 +93,10 @@ class Keys:
     def run_channel(self, run_id: str) -> str:
         """The run's pub/sub channel (same spelling as its hash; channels are a separate space)."""
         return self.run(run_id)
+
+    def compat_definition(self, definition_id: str) -> str:
+        """A workflow created through the seed-000 API, kept until it is executed."""
+        return f"{self.ns}:compat:wf:{{{definition_id}}}"
 
     def run_keys(self, run_id: str) -> list[str]:
         """Every key a run owns except task leases (for deletion and tests)."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -57,9 +59,19 @@ class RunStore:
         self.keys = keys
 
     async def create(
-        self, workflow: str, input: Any, *, run_id: str | None = None, **extra: str
+        self,
+        workflow: str,
+        input: Any,
+        *,
+        run_id: str | None = None,
+        also: Callable[[Any, str], object] | None = None,
+        **extra: str,
     ) -> RunRecord:
-        """Write a queued run record, index it, announce it. One MULTI: all or nothing."""
+        """Write a queued run record, index it, announce it. One MULTI: all or nothing.
+
+        `also(pipe, run_id)` (sync or async) may queue more commands into the same MULTI (the
+        run's first job).
+        """
         run_id = check_run_id(run_id or str(uuid.uuid4()))
         if await self.redis.exists(self.keys.run(run_id)):
             raise Conflict(f"run {run_id} already exists")
@@ -81,6 +93,10 @@ class RunStore:
             pipe.zadd(self.keys.runs, {run_id: score})
             pipe.zadd(self.keys.active, {run_id: score})
             pipe.publish(self.keys.runs_channel, record.summary().model_dump_json())
+            if also is not None:
+                queued = also(pipe, run_id)
+                if inspect.isawaitable(queued):
+                    await queued
             await pipe.execute()
         return record
 

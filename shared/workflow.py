@@ -71,7 +71,8 @@ class TaskContext(Protocol):
     name: str
 
     async def progress(self, fraction: float, message: str = "", **data: Any) -> None:
-        """Progress of this task, 0..1; the run's overall progress is derived from it."""
+        """Progress of this task, 0..1, as a `task_progress` event (data `fraction`); the run's
+        overall progress stays the workflow's to set with `run.progress`."""
 
     async def emit(self, type: EventType, message: str = "", **data: Any) -> None: ...
 
@@ -113,7 +114,9 @@ class Run(Protocol):
         self, name: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
     ) -> T:
         """Run `fn` once and checkpoint its JSON result under `name` (repeated names in a loop
-        get `name#2`, `name#3`…). Emits task_started / task_completed (or task_failed)."""
+        get `name#2`, `name#3`…). Emits task_started / task_completed (or task_failed).
+        Returns the result as JSON values (a model comes back as a dict), the first time and on
+        replay alike."""
         ...
 
     def task(

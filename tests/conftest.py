@@ -92,7 +92,10 @@ class Processes:
     ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen(args, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        with log:  # the child holds its own copy of the descriptor
+            proc = subprocess.Popen(
+                args, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         proc.log_path = log.name  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
