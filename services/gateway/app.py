@@ -1,0 +1,88 @@
+"""The gateway's Starlette app: routes, error handling, body limit, and the lifespan that owns the
+Redis connections and the fan-out hub.
+
+Route order matters: the streaming routes come first (`/api/runs/events` before
+`/api/runs/{run_id}`), then the run control API, the seeds' compatibility routes, and last the
+dashboard's static files at `/` (mounted only when `frontend/index.html` exists).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+from shared.bus import Bus
+from shared.control import Control
+from shared.keys import Keys
+from shared.redis import connect
+from shared.runs import RunStore
+from shared.settings import Settings
+
+from . import compat, run_routes, stream_routes
+from .context import Gateway
+from .errors import BodyLimitMiddleware, exception_handlers
+from .fanout import Hub
+from .metrics import Gauges, Stats, make_registry
+
+__all__ = ["FRONTEND_DIR", "create_app"]
+
+log = logging.getLogger(__name__)
+
+FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
+_HUB_STOP_TIMEOUT_S = 3.0
+
+
+def create_app(settings: Settings, *, frontend: Path | None = FRONTEND_DIR) -> Starlette:
+    """The gateway app for `settings` (which must name a Redis). Connects only when started."""
+    if not settings.redis_url:
+        raise ValueError("the gateway needs a Redis: set REDIS_URL")
+    routes: list[BaseRoute] = [*stream_routes.routes, *run_routes.routes, *compat.routes]
+    if frontend is not None and (frontend / "index.html").is_file():
+        routes.append(Mount("/", app=StaticFiles(directory=frontend, html=True), name="frontend"))
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],
+        exception_handlers=exception_handlers(),
+        lifespan=partial(_lifespan, settings),
+    )
+
+
+@asynccontextmanager
+async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
+    assert settings.redis_url
+    redis = connect(settings.redis_url)
+    keys = Keys(settings.namespace)
+    bus = Bus(redis, keys, maxlen=settings.events_maxlen)
+    stats = Stats()
+    hub = Hub(redis, keys, buffer=settings.viewer_buffer, stats=stats)
+    gauges = Gauges(
+        viewers=hub.count_viewers,
+        lifecycle_viewers=partial(hub.count_viewers, lifecycle=True),
+        channels=hub.count_channels,
+        connected=lambda: hub.connected,
+        buffer_limit=settings.viewer_buffer,
+    )
+    app.state.ctx = Gateway(
+        settings=settings,
+        keys=keys,
+        redis=redis,
+        bus=bus,
+        store=RunStore(redis, keys),
+        hub=hub,
+        control=Control(redis, keys, bus, settings),
+        registry=make_registry(stats, gauges),
+    )
+    hub.start()
+    try:
+        yield
+    finally:
+        await hub.close(timeout=_HUB_STOP_TIMEOUT_S)
+        await redis.aclose()

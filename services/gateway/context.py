@@ -1,0 +1,37 @@
+"""What every route needs, built once by the app's lifespan and kept on `app.state.ctx`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from starlette.requests import HTTPConnection
+
+from shared.bus import Bus
+from shared.control import Control
+from shared.keys import Keys
+from shared.runs import RunStore
+from shared.settings import Settings
+
+from .fanout import Hub
+
+__all__ = ["Gateway", "gateway"]
+
+
+@dataclass(slots=True)
+class Gateway:
+    settings: Settings
+    keys: Keys
+    redis: Redis
+    bus: Bus
+    store: RunStore
+    hub: Hub
+    control: Control
+    registry: CollectorRegistry
+
+
+def gateway(conn: HTTPConnection) -> Gateway:
+    """The running app's context (only set while its lifespan is active)."""
+    ctx: Gateway = conn.app.state.ctx
+    return ctx

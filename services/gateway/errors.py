@@ -1,0 +1,180 @@
+"""Every error leaves the gateway as JSON: `{"error": {"code", "message", "details"}}`.
+
+- `TidingsError` subclasses keep their own status and code (`InvalidInput` carries the pydantic
+  field errors as `details`).
+- Starlette's `HTTPException` (unknown path, wrong method) gets a code derived from its status.
+- Redis being unreachable is a 503 with `Retry-After`, not a 500: the request may simply be retried.
+- Anything else is logged with its traceback and answered with a bare 500.
+- `BodyLimitMiddleware` caps request bodies at `max_body_bytes`: a declared `Content-Length` over
+  the cap is refused before the app runs; a chunked body is counted as it is read and the read
+  that crosses the cap raises `BodyTooLarge` (413).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import codec
+from shared.errors import InvalidInput, TidingsError
+
+__all__ = [
+    "BadRequest",
+    "BodyLimitMiddleware",
+    "BodyTooLarge",
+    "Unavailable",
+    "error_body",
+    "error_response",
+    "exception_handlers",
+]
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(TidingsError):
+    """A query parameter or header the API cannot use."""
+
+    code = "bad_request"
+    status = 400
+
+
+class BodyTooLarge(TidingsError):
+    code = "body_too_large"
+    status = 413
+
+
+class Unavailable(TidingsError):
+    code = "unavailable"
+    status = 503
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return codec.dumps(content)
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    return _JSON(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def _status_code_name(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+async def _tidings_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TidingsError)
+    details = exc.errors if isinstance(exc, InvalidInput) else None
+    return error_response(exc.status, exc.code, str(exc) or exc.code, details)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail or HTTPStatus(exc.status_code).phrase
+    return error_response(
+        exc.status_code, _status_code_name(exc.status_code), message, headers=exc.headers
+    )
+
+
+async def _redis_down(request: Request, exc: Exception) -> Response:
+    log.warning("%s %s: redis unreachable: %s", request.method, request.url.path, exc)
+    return error_response(
+        503, Unavailable.code, "storage is unreachable; retry shortly", headers={"Retry-After": "1"}
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "internal server error")
+
+
+def exception_handlers() -> dict[Any, Any]:
+    return {
+        TidingsError: _tidings_error,
+        HTTPException: _http_exception,
+        RedisConnectionError: _redis_down,
+        RedisTimeoutError: _redis_down,
+        Exception: _unexpected,
+    }
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with a 413 JSON error, declared or chunked."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self._message())
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            # Only reached when no handler inside turned it into a response already.
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    def _message(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes"
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, BodyTooLarge.code, self._message(), headers={"Connection": "close"}
+        )
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

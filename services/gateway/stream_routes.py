@@ -1,0 +1,187 @@
+"""Routes of the streaming side: run event streams and pages, the run-list stream, the run record
+with its viewer count, health, readiness and metrics.
+
+`/api/runs/events` is listed before `/api/runs/{run_id}` so "events" is never taken for a run id.
+Content negotiation on `/api/runs/{id}/events`: `text/event-stream` (or no preference) streams;
+`application/json` without `text/event-stream` returns one page of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from shared import codec, sse
+from shared.keys import check_run_id
+from shared.runs import RunRecord
+
+from .context import Gateway, gateway
+from .errors import BadRequest, error_response
+from .metrics import CONTENT_TYPE, render
+from .run_routes import run_view
+from .streaming import (
+    HEARTBEAT,
+    Sink,
+    Stop,
+    event_stream,
+    format_id,
+    request_cursor,
+    retry_redis,
+    stream_run,
+)
+
+__all__ = ["SNAPSHOT_SIZE", "routes"]
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_SIZE = 50
+_MAX_PAGE = 1000
+_DEFAULT_PAGE = 100
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return codec.dumps(content)
+
+
+def _wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "").lower()
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+def _page_limit(request: Request) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return _DEFAULT_PAGE
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= _MAX_PAGE:
+        raise BadRequest(f"limit must be an integer from 1 to {_MAX_PAGE}, not {raw[:32]!r}")
+    return limit
+
+
+async def run_events(request: Request) -> Response:
+    """The run's events: an SSE stream (resumable), or with `Accept: application/json` a page
+    `{"events": [...], "next": "<last id in the page or null>", "gap": bool, "run": {...}}`
+    where `gap` says the log was trimmed past the cursor (events before `events[0]` are gone)."""
+    run_id = check_run_id(request.path_params["run_id"])
+    after = request_cursor(request)
+    if not _wants_json(request):
+        return await stream_run(request, run_id, after=after)
+    limit = _page_limit(request)
+    ctx = gateway(request)
+    cursor = after or (0, 0)
+    record = await ctx.store.get(run_id)
+    info = await ctx.bus.log_info(run_id)
+    page = await ctx.bus.read(run_id, cursor, limit)
+    nxt = b'"' + format_id(page[-1][0]).encode() + b'"' if page else b"null"
+    # The stored events are already JSON: the page is spliced, never decoded and re-encoded.
+    body = b"".join(
+        (
+            b'{"events":[',
+            b",".join(raw for _, raw in page),
+            b'],"next":',
+            nxt,
+            b',"gap":',
+            b"true" if info.has_gap_after(cursor) else b"false",
+            b',"run":',
+            record.model_dump_json().encode(),
+            b"}",
+        )
+    )
+    return Response(body, media_type="application/json")
+
+
+async def run_record(request: Request) -> Response:
+    """The run record plus `viewers`: viewers of this run connected to THIS gateway process
+    (each gateway counts its own; behind a load balancer, sum over gateways)."""
+    ctx = gateway(request)
+    run_id = check_run_id(request.path_params["run_id"])
+    record = await ctx.store.get(run_id)
+    return _JSON({**run_view(record), "viewers": ctx.hub.viewers(run_id)})
+
+
+async def runs_events(request: Request) -> Response:
+    """Lifecycle summaries of all runs: one `snapshot` of the most recent, then `run` events."""
+    ctx = gateway(request)
+
+    async def body(sink: Sink) -> None:
+        await sink.write(b"retry: %d\n\n" % ctx.settings.sse_retry_ms)
+        with ctx.hub.subscribe(ctx.keys.runs_channel) as sub:
+            try:
+                while not sub.closed:
+                    if sub.lagging and sub.ready:
+                        # First connect, overflow or reconnect: summaries have no log to replay,
+                        # a fresh snapshot is the catch-up. Taken after buffering restarted, so
+                        # whatever follows it is at least as new.
+                        sub.restart()
+                        ctx.hub.stats.catchups += 1
+                        await sink.write(await retry_redis(sub, sink, _snapshot, ctx), 1)
+                    elif items := sub.take():
+                        await sink.write(b"".join(m.sse for m in items), len(items))
+                    elif not await sub.wait(sink.heartbeat):
+                        await sink.write(HEARTBEAT)
+            except Stop:
+                return
+
+    return event_stream(ctx, body)
+
+
+async def _snapshot(ctx: Gateway) -> bytes:
+    ids: list[bytes] = await ctx.redis.zrevrange(ctx.keys.runs, 0, SNAPSHOT_SIZE - 1)
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for rid in ids:
+            pipe.hgetall(ctx.keys.run(rid.decode()))
+        hashes: list[dict[bytes, bytes]] = await pipe.execute()
+    runs = []
+    for rid, raw in zip(ids, hashes, strict=True):
+        if not raw:
+            continue
+        try:
+            record = RunRecord.from_hash(rid.decode(), raw)
+        except (ValidationError, ValueError):
+            log.warning("skipping unreadable run record %r in the snapshot", rid)
+            continue
+        runs.append(record.summary().model_dump(mode="json"))
+    return sse.encode(codec.dumps({"runs": runs}), event="snapshot")
+
+
+async def healthz(request: Request) -> Response:
+    return _JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when Redis answers PING and the pub/sub connection is up."""
+    ctx = gateway(request)
+    try:
+        async with asyncio.timeout(2.0):
+            redis_ok = bool(await ctx.redis.ping())
+    except (RedisError, OSError, TimeoutError):
+        redis_ok = False
+    checks = {"redis": redis_ok, "pubsub": ctx.hub.connected}
+    if all(checks.values()):
+        return _JSON({"status": "ready", **checks})
+    return error_response(503, "not_ready", "not ready", details=checks)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(render(gateway(request).registry), media_type=CONTENT_TYPE)
+
+
+routes: list[BaseRoute] = [
+    Route("/api/runs/events", runs_events, methods=["GET"]),
+    Route("/api/runs/{run_id}/events", run_events, methods=["GET"]),
+    Route("/api/runs/{run_id}", run_record, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
