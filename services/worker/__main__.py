@@ -1,0 +1,25 @@
+"""`python -m services.worker`: one worker, configured from the environment."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from shared.settings import Settings
+
+from .main import run_worker
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        sys.stderr.write(f"tidings worker: {exc}\n")
+        sys.exit(1)
+    level = getattr(logging, settings.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_worker(settings)
+
+
+if __name__ == "__main__":
+    main()

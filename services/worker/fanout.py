@@ -1,0 +1,166 @@
+"""`run.parallel`, the run's side: enqueue each task as its own job, then wait for them all.
+
+Task ids are `p<n>.<i>` (the n-th `parallel` call of the run, i-th task), stable across
+re-executions, so a re-executed run finds the results earlier attempts committed (`task:<id>` in
+the steps hash) and enqueues only what is missing. Specs go to the run's tasks hash, jobs to the
+queue (`task:{ID}:{TID}:{attempt}.{try}`).
+
+Waiting is a BLPOP on the run's `done` list, which executions push to when they finish; it is
+only a doorbell: after every wake-up (or every second at most) the run reads the truth in one
+pipeline: committed results and failures, live task leases, queued jobs. A task that is neither
+committed, leased nor queued lost its worker: it is re-enqueued with the next try
+(`task_retrying`). Deterministic job ids make racing re-enqueues harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from shared import codec
+from shared.events import EventType
+from shared.jobs import TASK_JOB, task_job_id
+from shared.workflow import TaskSpec, get_activity
+
+if TYPE_CHECKING:
+    from .run import RunHandle
+
+__all__ = ["TaskFailed", "run_parallel"]
+
+# Worker losses a task may suffer beyond its failure retries before it fails for good.
+_LOST_EXTRA = 3
+
+
+class TaskFailed(Exception):
+    """A fanned-out task failed after its retries."""
+
+
+async def run_parallel(run: RunHandle, group: str, specs: Sequence[TaskSpec]) -> list[Any]:
+    engine = run.engine
+    keys, redis = engine.keys, engine.redis
+    ids = [f"{group}.{i}" for i in range(len(specs))]
+    if not ids:
+        return []
+    results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for tid in ids:
+        if f"task:{tid}" in run.steps:
+            results[tid] = codec.loads(run.steps[f"task:{tid}"])
+        elif f"fail:{tid}" in run.steps:
+            failed[tid] = codec.loads(run.steps[f"fail:{tid}"]).get("error", "failed")
+    pending = [tid for tid in ids if tid not in results and tid not in failed]
+    if pending:
+        await run.checkpoint()
+        by_id = dict(zip(ids, specs, strict=True))
+        for tid in pending:
+            get_activity(by_id[tid].activity)  # unknown activity: fail the run here, not later
+        tries = {tid: 0 for tid in pending}
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.done(run.run_id))
+            pipe.hset(
+                keys.tasks(run.run_id),
+                mapping={tid: codec.dumps(_spec_json(by_id[tid])) for tid in pending},
+            )
+            for tid in pending:
+                await engine.queue.enqueue(
+                    TASK_JOB,
+                    task_job_id(run.run_id, tid, run.attempt, 0),
+                    run.run_id,
+                    tid,
+                    run.attempt,
+                    0,
+                    client=pipe,
+                )
+            await pipe.execute()
+        await _wait(run, by_id, tries, results, failed)
+    if failed:
+        first = next(tid for tid in ids if tid in failed)
+        raise TaskFailed(f"task {first} failed: {failed[first]}")
+    for tid in ids:
+        run.steps.setdefault(f"task:{tid}", codec.dumps(results[tid]))
+    return [results[tid] for tid in ids]
+
+
+async def _wait(
+    run: RunHandle,
+    specs: dict[str, TaskSpec],
+    tries: dict[str, int],
+    results: dict[str, Any],
+    failed: dict[str, str],
+) -> None:
+    engine = run.engine
+    keys, redis = engine.keys, engine.redis
+    tick = min(1.0, engine.settings.lease_refresh_ms / 1000)
+    while tries:
+        pending = list(tries)
+        # One MULTI: an atomic snapshot, so a claim (ZREM + lease, one script) between two
+        # probes cannot make a task look lost.
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(keys.steps(run.run_id), [f"task:{t}" for t in pending])
+            pipe.hmget(keys.steps(run.run_id), [f"fail:{t}" for t in pending])
+            for tid in pending:
+                pipe.exists(keys.task_lease(run.run_id, tid))
+                job = task_job_id(run.run_id, tid, run.attempt, tries[tid])
+                nxt = task_job_id(run.run_id, tid, run.attempt, tries[tid] + 1)
+                pipe.zscore(keys.queue, job)
+                pipe.zscore(keys.queue, nxt)
+            done, fails, *probes = await pipe.execute()
+        lost: list[str] = []
+        for i, tid in enumerate(pending):
+            leased, queued, queued_next = probes[3 * i : 3 * i + 3]
+            if done[i] is not None:
+                results[tid] = codec.loads(done[i])
+                del tries[tid]
+            elif fails[i] is not None:
+                failed[tid] = codec.loads(fails[i]).get("error", "failed")
+                del tries[tid]
+            elif queued_next is not None:
+                tries[tid] += 1  # its execution scheduled a retry
+            elif not leased and queued is None:
+                lost.append(tid)
+        for tid in lost:
+            tries[tid] += 1
+            if tries[tid] > specs[tid].retries + _LOST_EXTRA:
+                failed[tid] = await _give_up(run, tid, tries[tid])
+                del tries[tid]
+                continue
+            await run.publisher.send(
+                EventType.TASK_RETRYING,
+                "its worker was lost; enqueued again",
+                task_id=tid,
+                data={"try": tries[tid], "reason": "worker_lost"},
+            )
+            await engine.queue.enqueue(
+                TASK_JOB,
+                task_job_id(run.run_id, tid, run.attempt, tries[tid]),
+                run.run_id,
+                tid,
+                run.attempt,
+                tries[tid],
+            )
+        if not tries:
+            return
+        await redis.blpop([keys.done(run.run_id)], timeout=tick)  # type: ignore[arg-type,misc]
+        await asyncio.sleep(0)
+
+
+async def _give_up(run: RunHandle, tid: str, tries: int) -> str:
+    """A task whose executions keep dying (say, it crashes its worker) fails for good."""
+    error = f"its worker was lost {tries} times"
+    cmd = run.publisher.command(
+        EventType.TASK_FAILED, error, task_id=tid, data={"error": error, "try": tries}
+    )
+    steps = run.engine.keys.steps(run.run_id)
+    await run.publisher.commit(cmd, steps, f"fail:{tid}", codec.dumps_str({"error": error}))
+    return error
+
+
+def _spec_json(spec: TaskSpec) -> dict[str, Any]:
+    return {
+        "activity": spec.activity,
+        "args": list(spec.args),
+        "kwargs": spec.kwargs,
+        "name": spec.name or spec.activity,
+        "retries": spec.retries,
+    }

@@ -1,0 +1,202 @@
+"""Leases and fencing: who may run a run (or a task) right now, decided atomically in Redis.
+
+A run's lease `<ns>:run:{ID}:lease` holds `"<worker> <attempt>"` with a short TTL; a task's
+`…:tlease:{TID}` holds `"<worker> <attempt>.<try>"`. Every script checks the run hash's `attempt`
+(the fence) first, so a worker whose attempt is stale learns it on its next refresh and aborts.
+
+`reclaim` is the one place an attempt is bumped. It is used by the sweeper (the lease expired: the
+worker died) and by a worker handing its runs back on SIGTERM. It sets a placeholder lease
+`"- <new attempt>"` until the new attempt's job is claimed, so no other sweeper reclaims the run
+twice while the `worker_lost` event and the new job are being written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.keys import Keys
+
+__all__ = ["Leases"]
+
+# KEYS: run hash, lease, queue. ARGV: attempt, lease value, ttl ms, job id.
+_CLAIM_RUN = """
+redis.call('ZREM', KEYS[3], ARGV[4])
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status')
+if not h[2] then return 'missing' end
+if h[1] ~= ARGV[1] then return 'stale' end
+if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return h[2] end
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[2] and string.sub(cur, 1, 2) ~= '- ' then return 'busy' end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 'ok'
+"""
+
+# KEYS: run hash, task lease, queue, steps, tasks. ARGV: attempt, lease value, ttl, job id, task id.
+# Returns the task spec JSON, or a status word.
+_CLAIM_TASK = """
+redis.call('ZREM', KEYS[3], ARGV[4])
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status')
+if not h[2] then return 'missing' end
+if h[1] ~= ARGV[1] then return 'stale' end
+if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return h[2] end
+if redis.call('HEXISTS', KEYS[4], 'task:' .. ARGV[5]) == 1 then return 'done' end
+if redis.call('HEXISTS', KEYS[4], 'fail:' .. ARGV[5]) == 1 then return 'done' end
+local spec = redis.call('HGET', KEYS[5], ARGV[5])
+if not spec then return 'missing' end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return spec
+"""
+
+# KEYS: run hash, lease. ARGV: attempt, lease value, ttl ms.
+_REFRESH = """
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status')
+if not h[2] then return 'missing' end
+if h[1] ~= ARGV[1] then return 'fenced' end
+if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return 'finished' end
+local cur = redis.call('GET', KEYS[2])
+if cur and cur ~= ARGV[2] then return 'fenced' end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 'ok'
+"""
+
+# KEYS: lease. ARGV: value. Delete only our own lease.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: run hash, lease, queue. ARGV: expected attempt, mode, holder's lease value, placeholder
+# ttl ms, job id of the expected attempt. Modes: `lost` (the lease must have expired and the job
+# be gone), `held` (the lease must still be exactly that value: a hand-back by its holder, or a
+# holder whose connections are all gone). Returns {new attempt, previous worker} or false.
+_RECLAIM = """
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'worker')
+if not h[2] or h[1] ~= ARGV[1] then return false end
+if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return false end
+local cur = redis.call('GET', KEYS[2])
+if ARGV[2] == 'lost' then
+  if cur then return false end
+  if redis.call('ZSCORE', KEYS[3], ARGV[5]) then return false end
+elseif cur ~= ARGV[3] then
+  return false
+end
+local new = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('SET', KEYS[2], '- ' .. new, 'PX', ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[5])
+return {new, h[3] or ''}
+"""
+
+# KEYS: run hash, target. ARGV: attempt, value. A fenced SET (the state snapshot).
+_FENCED_SET = """
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status')
+if h[1] ~= ARGV[1] then return 'fenced' end
+if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return 'finished' end
+redis.call('SET', KEYS[2], ARGV[2])
+return 'ok'
+"""
+
+
+def _word(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+class Leases:
+    def __init__(self, redis: Redis, keys: Keys, worker: str, ttl_ms: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.worker = worker
+        self.ttl_ms = ttl_ms
+        self._claim_run = redis.register_script(_CLAIM_RUN)
+        self._claim_task = redis.register_script(_CLAIM_TASK)
+        self._refresh = redis.register_script(_REFRESH)
+        self._release = redis.register_script(_RELEASE)
+        self._reclaim = redis.register_script(_RECLAIM)
+        self._fenced_set = redis.register_script(_FENCED_SET)
+
+    def run_value(self, attempt: int) -> str:
+        return f"{self.worker} {attempt}"
+
+    def task_value(self, attempt: int, try_: int) -> str:
+        return f"{self.worker} {attempt}.{try_}"
+
+    async def claim_run(self, run_id: str, attempt: int, job_id: str) -> str:
+        reply = await self._claim_run(
+            keys=[self.keys.run(run_id), self.keys.lease(run_id), self.keys.queue],
+            args=[attempt, self.run_value(attempt), self.ttl_ms, job_id],
+        )
+        return _word(reply)
+
+    async def claim_task(
+        self, run_id: str, task_id: str, attempt: int, try_: int, job_id: str
+    ) -> tuple[str, bytes | None]:
+        """('ok', spec JSON) when this execution may run the task, else (status, None)."""
+        reply = await self._claim_task(
+            keys=[
+                self.keys.run(run_id),
+                self.keys.task_lease(run_id, task_id),
+                self.keys.queue,
+                self.keys.steps(run_id),
+                self.keys.tasks(run_id),
+            ],
+            args=[attempt, self.task_value(attempt, try_), self.ttl_ms, job_id, task_id],
+        )
+        if isinstance(reply, bytes) and reply.startswith(b"{"):
+            return "ok", reply
+        return _word(reply), None
+
+    def refresh_run(self, pipe: Any, run_id: str, attempt: int) -> Any:
+        return self._refresh(
+            keys=[self.keys.run(run_id), self.keys.lease(run_id)],
+            args=[attempt, self.run_value(attempt), self.ttl_ms],
+            client=pipe,
+        )
+
+    def refresh_task(self, pipe: Any, run_id: str, task_id: str, attempt: int, try_: int) -> Any:
+        return self._refresh(
+            keys=[self.keys.run(run_id), self.keys.task_lease(run_id, task_id)],
+            args=[attempt, self.task_value(attempt, try_), self.ttl_ms],
+            client=pipe,
+        )
+
+    def release(self, key: str, value: str, client: Any = None) -> Any:
+        """Delete `key` if it still holds `value` (ours); awaitable, or queued into `client`."""
+        return self._release(keys=[key], args=[value], client=client)
+
+    async def reclaim(
+        self, run_id: str, attempt: int, job_id: str, *, held_as: str | None = None
+    ) -> tuple[int, str] | None:
+        """Bump the run's attempt if its lease expired (or, with `held_as`, if the lease still
+        holds exactly that value): returns the new attempt and the previous holder's name, or
+        None if the run is not to be moved."""
+        reply = await self.reclaim_in(None, run_id, attempt, job_id, held_as=held_as)
+        return self.reclaimed(reply)
+
+    def reclaim_in(
+        self, pipe: Any, run_id: str, attempt: int, job_id: str, *, held_as: str | None = None
+    ) -> Any:
+        """`reclaim` queued into `pipe` (awaitable when `pipe` is None); see `reclaimed`."""
+        return self._reclaim(
+            keys=[self.keys.run(run_id), self.keys.lease(run_id), self.keys.queue],
+            args=[
+                attempt,
+                "lost" if held_as is None else "held",
+                held_as or "",
+                self.ttl_ms,
+                job_id,
+            ],
+            client=pipe,
+        )
+
+    @staticmethod
+    def reclaimed(reply: Any) -> tuple[int, str] | None:
+        if not reply:
+            return None
+        new, worker = reply
+        return int(new), _word(worker)
+
+    async def fenced_set(self, run_id: str, attempt: int, key: str, value: bytes | str) -> str:
+        return _word(
+            await self._fenced_set(keys=[self.keys.run(run_id), key], args=[attempt, value])
+        )

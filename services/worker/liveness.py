@@ -1,0 +1,67 @@
+"""Which workers are still connected: the fast path of crash detection.
+
+Every worker names its Redis connections `tidings-worker:<worker name>` (CLIENT SETNAME, done by
+redis-py on connect). A worker killed outright (kill -9, OOM, a crashed host whose kernel resets
+the sockets) loses all its connections at once, so the sweeper can tell, from CLIENT LIST, that
+a lease's holder is gone long before the lease's TTL runs out.
+
+It is only a hint, and a conservative one: a holder counts as gone after it has been missing
+from the list for `grace_s` (a worker reconnecting after a Redis restart is back well within
+that), and the reclaim itself is still fenced on the exact lease value. A frozen worker (SIGSTOP,
+a partition) keeps its connections and is recovered by the lease's TTL as before. Where CLIENT
+LIST is not allowed (some managed Redis), the fast path switches itself off.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+__all__ = ["CLIENT_PREFIX", "Liveness", "client_name"]
+
+logger = logging.getLogger(__name__)
+
+CLIENT_PREFIX = "tidings-worker:"
+
+
+def client_name(worker: str) -> str:
+    return CLIENT_PREFIX + worker
+
+
+class Liveness:
+    def __init__(self, redis: Redis, grace_s: float = 1.0) -> None:
+        self.redis = redis
+        self.grace_s = grace_s
+        self.enabled = True
+        self._missing_since: dict[str, float] = {}
+
+    async def gone(self, holders: set[str]) -> set[str]:
+        """The holders (worker names) that have had no connection for at least `grace_s`."""
+        if not holders or not self.enabled:
+            self._missing_since.clear()
+            return set()
+        try:
+            clients = await self.redis.client_list()
+        except ResponseError as exc:
+            self.enabled = False
+            logger.warning("CLIENT LIST refused (%s): crash detection falls back to leases", exc)
+            return set()
+        connected = {
+            c["name"][len(CLIENT_PREFIX) :]
+            for c in clients
+            if c.get("name", "").startswith(CLIENT_PREFIX)
+        }
+        now = time.monotonic()
+        gone: set[str] = set()
+        for holder in holders:
+            if holder in connected:
+                self._missing_since.pop(holder, None)
+            elif now - self._missing_since.setdefault(holder, now) >= self.grace_s:
+                gone.add(holder)
+        for holder in list(self._missing_since):
+            if holder not in holders:
+                del self._missing_since[holder]
+        return gone

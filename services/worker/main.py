@@ -1,0 +1,112 @@
+"""One worker process: the arq worker plus the doorbell, lease and sweep loops.
+
+Shutdown on SIGTERM/SIGINT: stop taking jobs, hand every held run and task back to the pool at
+once (no waiting for leases to expire), cancel what is still running, close, all within a few
+seconds. A second signal while shutting down is ignored: the hand-back is already bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+
+from arq.connections import ArqRedis
+
+from shared.jobs import dumps_job, loads_job
+from shared.redis import connect
+from shared.settings import Settings
+
+from .context import Engine, worker_name
+from .dispatch import TidingsWorker, listen_doorbell
+from .heartbeat import keep_leases
+from .liveness import client_name
+from .sweeper import hand_back, sweep
+
+__all__ = ["TEST_WORKFLOWS_ENV", "run_worker", "serve"]
+
+logger = logging.getLogger(__name__)
+
+# Reserved for the test suite: a module of extra workflows the worker imports at start.
+TEST_WORKFLOWS_ENV = "TIDINGS_TEST_WORKFLOWS"
+_HANDBACK_TIMEOUT_S = 3.0
+_CLOSE_TIMEOUT_S = 2.0
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker until SIGTERM/SIGINT (what `tidings worker` calls)."""
+    if settings.log_level != "debug":
+        logging.getLogger("arq").setLevel(logging.WARNING)  # arq logs a line per job otherwise
+    asyncio.run(serve(settings))
+
+
+async def serve(
+    settings: Settings,
+    *,
+    name: str | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Serve until `stop` is set (or SIGTERM/SIGINT when `handle_signals`), then hand back."""
+    if not settings.redis_url:
+        raise ValueError("a worker needs REDIS_URL (or TIDINGS_REDIS_URL)")
+    extra = os.environ.get(TEST_WORKFLOWS_ENV)
+    if extra:
+        importlib.import_module(extra)
+    name = name or worker_name()
+    # Named connections: other workers' sweepers tell from CLIENT LIST that we are alive.
+    redis = connect(settings.redis_url, client_name=client_name(name))
+    engine = Engine.build(settings, redis, name)
+    pool = ArqRedis(
+        pool_or_conn=redis.connection_pool,
+        job_serializer=dumps_job,
+        job_deserializer=loads_job,
+        default_queue_name=engine.keys.queue,
+    )
+    worker = TidingsWorker(engine, pool)
+    stopping = stop or asyncio.Event()
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+
+    engine.spawn(listen_doorbell(engine, worker), name="doorbell")
+    engine.spawn(keep_leases(engine), name="leases")
+    engine.spawn(sweep(engine), name="sweeper")
+    polling = asyncio.create_task(worker.main(), name="arq-poll")
+    worker.main_task = polling
+    logger.info("worker %s serving queue %s", engine.name, engine.keys.queue)
+    signalled = asyncio.create_task(stopping.wait(), name="stop-signal")
+    try:
+        done, _ = await asyncio.wait([polling, signalled], return_when=asyncio.FIRST_COMPLETED)
+        if polling in done:
+            polling.result()  # surface a crash of the poll loop
+    finally:
+        signalled.cancel()
+        await _shutdown(engine, worker, polling)
+        await redis.aclose()
+
+
+async def _shutdown(engine: Engine, worker: TidingsWorker, polling: asyncio.Task[None]) -> None:
+    engine.closing = True
+    worker.allow_pick_jobs = False
+    polling.cancel("worker stopping")
+    held = len(engine.runs) + len(engine.tasks)
+    if held:
+        logger.info("handing back %d runs and %d tasks", len(engine.runs), len(engine.tasks))
+        try:
+            await asyncio.wait_for(hand_back(engine), _HANDBACK_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("hand-back timed out; the sweeper will recover the rest")
+    for task in worker.tasks.values():
+        task.cancel("worker stopping")
+    if worker.tasks:
+        await asyncio.wait(list(worker.tasks.values()), timeout=_CLOSE_TIMEOUT_S)
+    await engine.close(_CLOSE_TIMEOUT_S)
+    try:
+        await worker.pool.delete(worker.health_check_key)
+    except Exception:
+        logger.debug("could not delete the health-check key", exc_info=True)
+    logger.info("worker %s stopped", engine.name)

@@ -1,0 +1,269 @@
+"""`RunHandle`: the concrete `shared.workflow.Run` a workflow function receives.
+
+Decisions:
+- A step's result is stored as JSON and what `step` returns is that JSON read back (dicts, lists,
+  numbers, strings), both the first time and on replay, so a workflow behaves the same either way.
+- Checkpoints, the state snapshot and every event are fenced by the run's attempt; a step commits
+  its checkpoint and its `task_completed` in one script (`Bus.publish_once`).
+- Control signals: `checkpoint` (called by `step`, `parallel`, `sleep`, `next_message`) blocks
+  while paused, between `workflow_paused` and `workflow_resumed`; `stop` releases a pause (the
+  run is to finish, not to wait); `cancel` cancels the workflow's task wherever it awaits, the
+  model call included, and the runner turns that into `workflow_cancelled`.
+- `progress` and `emit` do not wait for Redis (see `Publisher`); lifecycle and commits do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from shared import codec
+from shared.errors import Fenced, RunFinished
+from shared.events import LIFECYCLE_STATUS, EventType
+from shared.settings import Settings
+from shared.workflow import Run, Signal, TaskSpec
+
+from .publisher import Publisher
+from .signals import SignalBox
+from .tokens import stream_tokens
+
+if TYPE_CHECKING:
+    from shared.control import Control
+
+    from .context import Engine
+    from .llm import LLM
+
+__all__ = ["RunHandle", "describe_error"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RunHandle:
+    def __init__(self, engine: Engine, run_id: str, attempt: int) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.attempt = attempt
+        self.workflow = ""  # set by `load`
+        self.input: Any = None
+        self.publisher = Publisher(engine.bus, run_id, attempt, on_error=self._publish_failed)
+        self.signals = SignalBox(engine.redis, engine.keys, run_id)
+        # Why the workflow's task was cancelled: cancel | fenced | finished | handback.
+        self.abort_reason: str | None = None
+        self.main: asyncio.Task[Any] | None = None
+        self.steps: dict[str, bytes] = {}
+        self._state: dict[str, Any] = {}
+        self._names: Counter[str] = Counter()
+        self._parallels = 0
+
+    # -- what workflows may read --------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self.engine.settings
+
+    @property
+    def llm(self) -> LLM:
+        return self.engine.llm
+
+    @property
+    def control(self) -> Control:
+        return self.engine.control
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.signals.stop
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self._state
+
+    # -- lifecycle (used by the runner) ---------------------------------------------------------
+
+    async def load(self) -> None:
+        """The record, checkpoints, state and signal history, as left by earlier attempts.
+
+        One round trip, signal history included.
+        """
+        keys = self.engine.keys
+        async with self.engine.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.run(self.run_id), ["workflow", "input"])
+            pipe.hgetall(keys.steps(self.run_id))
+            pipe.get(keys.state(self.run_id))
+            pipe.lrange(keys.signals(self.run_id), 0, -1)
+            (workflow, input), steps, state, signals = await pipe.execute()
+        self.workflow = workflow.decode() if workflow else ""
+        self.input = codec.loads(input) if input else None
+        self.steps = {k.decode(): v for k, v in steps.items()}
+        self._state = codec.loads(state) if state else {}
+        self.signals.fold(signals)
+        self.signals.on_new = self._on_signals
+
+    def abort(self, reason: str) -> None:
+        """Stop the workflow's task now (from a signal, a lost fence, or a hand-back)."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        if reason != "cancel":
+            self.publisher.close()
+        if self.main is not None and not self.main.done():
+            self.main.cancel(f"run {reason}")
+
+    def _publish_failed(self, exc: Exception) -> None:
+        if isinstance(exc, Fenced):
+            self.abort("fenced")
+        elif isinstance(exc, RunFinished):
+            self.abort("finished")
+
+    def _on_signals(self, new: list[Signal]) -> None:
+        for sig in new:
+            if sig.name == "cancel":
+                self.abort("cancel")
+            elif sig.name == "stop":
+                self.engine.spawn(
+                    self._quiet_send(EventType.LOG, "stop: finishing the current iteration"),
+                    name=f"stop-note:{self.run_id}",
+                )
+
+    async def _quiet_send(self, type: EventType, message: str) -> None:
+        with contextlib.suppress(Fenced, RunFinished):
+            await self.publisher.send(type, message)
+
+    # -- the Run protocol ---------------------------------------------------------------------
+
+    async def save_state(self, **updates: Any) -> None:
+        self._state.update(updates)
+        outcome = await self.engine.leases.fenced_set(
+            self.run_id, self.attempt, self.engine.keys.state(self.run_id), codec.dumps(self._state)
+        )
+        if outcome != "ok":
+            self.abort("fenced" if outcome == "fenced" else "finished")
+            raise Fenced(f"run {self.run_id} attempt {self.attempt} may no longer save state")
+
+    async def step(
+        self, name: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
+        key = self._unique(name)
+        if key in self.steps:
+            return codec.loads(self.steps[key])  # type: ignore[no-any-return]
+        await self.checkpoint()
+        await self.publisher.send(EventType.TASK_STARTED, task=key, task_id=key)
+        try:
+            result = await fn(*args, **kwargs)
+        except (Fenced, RunFinished):
+            raise
+        except Exception as exc:
+            await self.publisher.send(
+                EventType.TASK_FAILED, describe_error(exc), task=key, task_id=key, wait=True
+            )
+            raise
+        value = codec.dumps(result)
+        parsed = codec.loads(value)
+        cmd = self.publisher.command(
+            EventType.TASK_COMPLETED, task=key, task_id=key, data={"result": parsed}
+        )
+        await self.publisher.commit(cmd, self.engine.keys.steps(self.run_id), key, value.decode())
+        self.steps[key] = value
+        return parsed  # type: ignore[no-any-return]
+
+    def task(
+        self, activity: str, *args: Any, name: str = "", retries: int = 2, **kwargs: Any
+    ) -> TaskSpec:
+        return TaskSpec(activity, args, kwargs, name or activity, retries)
+
+    async def parallel(self, tasks: Sequence[TaskSpec]) -> list[Any]:
+        from .fanout import run_parallel
+
+        self._parallels += 1
+        return await run_parallel(self, f"p{self._parallels}", tasks)
+
+    async def progress(self, percent: float, message: str = "", **data: Any) -> None:
+        await self.publisher.send(
+            EventType.TASK_PROGRESS, message, progress=percent, data=data or None
+        )
+
+    async def emit(
+        self,
+        type: EventType,
+        message: str = "",
+        *,
+        task: str | None = None,
+        task_id: str | None = None,
+        progress: float | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        if type in LIFECYCLE_STATUS:
+            raise ValueError(f"{type.value} is the engine's to publish")
+        await self.publisher.send(
+            type, message, task=task, task_id=task_id, progress=progress, data=data
+        )
+
+    async def sleep(self, seconds: float) -> None:
+        await self.checkpoint()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not self.signals.stop:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await self.signals.changed(remaining)
+            self._raise_if_cancelled()
+
+    async def checkpoint(self) -> None:
+        self._raise_if_cancelled()
+        if not self.signals.paused or self.signals.stop:
+            return
+        await self.publisher.send(EventType.WORKFLOW_PAUSED, "paused", wait=True)
+        while self.signals.paused and not self.signals.stop:
+            await self.signals.changed(None)
+            self._raise_if_cancelled()
+        why = "resumed to stop" if self.signals.paused else "resumed"
+        await self.publisher.send(EventType.WORKFLOW_RESUMED, why, wait=True)
+
+    async def next_message(self, timeout: float | None = None) -> Signal | None:
+        await self.checkpoint()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            message = self.signals.next_message()
+            if message is not None:
+                return message
+            if self.signals.stop:
+                return None
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return None
+            await self.signals.changed(remaining)
+            self._raise_if_cancelled()
+
+    def stream_llm(
+        self, prompt: str, *, task: str = "llm", system: str | None = None, max_tokens: int = 400
+    ) -> AsyncIterator[str]:
+        return stream_tokens(
+            self.llm, self.publisher, prompt, task=task, system=system, max_tokens=max_tokens
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _unique(self, name: str) -> str:
+        self._names[name] += 1
+        n = self._names[name]
+        return name if n == 1 else f"{name}#{n}"
+
+    def _raise_if_cancelled(self) -> None:
+        if self.signals.cancel:
+            self.abort("cancel")
+            raise asyncio.CancelledError("run cancelled")
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _conforms(handle: RunHandle) -> Run:
+    return handle  # mypy checks RunHandle against the protocol workflows are written for

@@ -1,0 +1,123 @@
+"""The arq job function for one attempt of a run: claim, start, execute, finish.
+
+The terminal event is the only place a run's outcome is decided: `workflow_completed` (with the
+result in the run hash), `workflow_failed` (error), or `workflow_cancelled`. A run that lost its
+fence (another attempt owns it), was finished under it (cancelled while queued) or was handed
+back on shutdown publishes nothing more: its successor speaks for it. Nor does one that lost
+Redis (beyond the client's retries): an outage is not the workflow's failure, so the run is left
+to its lease and re-executed from its checkpoints once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared import codec
+from shared.errors import Fenced, NotFound, RunFinished
+from shared.events import EventType
+from shared.jobs import run_job_id
+from shared.workflow import get_workflow
+
+from .context import Engine
+from .run import RunHandle, describe_error
+
+__all__ = ["execute_run_job"]
+
+logger = logging.getLogger(__name__)
+
+# Errors of publishing (the run moved on, ended, or was deleted): nothing left to say.
+_QUIET = (Fenced, RunFinished, NotFound)
+# What the workflow's body may raise that still means "not ours any more" rather than "failed".
+_GONE = (Fenced, RunFinished)
+
+
+async def execute_run_job(ctx: dict[str, Any], run_id: str, attempt: int) -> None:
+    engine: Engine = ctx["engine"]
+    job_id = run_job_id(run_id, attempt)
+    status = await engine.leases.claim_run(run_id, attempt, job_id)
+    if status != "ok":
+        logger.info("run job %s not run: %s", job_id, status)
+        return
+    handle = RunHandle(engine, run_id, attempt)
+    engine.runs[run_id] = handle
+    try:
+        await _drive(handle)
+    finally:
+        if engine.runs.get(run_id) is handle:  # a newer attempt may have landed here since
+            del engine.runs[run_id]
+        handle.publisher.close()
+        if handle.abort_reason not in ("fenced", "handback"):
+            lease = engine.keys.lease(run_id)
+            await asyncio.shield(engine.leases.release(lease, engine.leases.run_value(attempt)))
+
+
+async def _drive(handle: RunHandle) -> None:
+    engine = handle.engine
+    await handle.load()
+    try:
+        await handle.publisher.send(
+            EventType.WORKFLOW_STARTED,
+            f"attempt {handle.attempt} on {engine.name}",
+            wait=True,
+            data={"attempt": handle.attempt, "worker": engine.name},
+            fields={"worker": engine.name},
+        )
+    except _QUIET as exc:
+        logger.info("run %s attempt %d not started: %s", handle.run_id, handle.attempt, exc)
+        return
+    if handle.signals.cancel:
+        await _terminal(handle, EventType.WORKFLOW_CANCELLED, "cancelled")
+        return
+    handle.main = asyncio.create_task(_body(handle), name=f"run:{handle.run_id}")
+    try:
+        result = await handle.main
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the worker itself is stopping
+        if handle.abort_reason == "cancel":
+            await _terminal(handle, EventType.WORKFLOW_CANCELLED, "cancelled")
+        return
+    except _GONE as exc:
+        logger.info("run %s attempt %d aborted: %s", handle.run_id, handle.attempt, exc)
+        return
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        # Redis unreachable for longer than the client retries: this is not the workflow's
+        # failure. Stop here; the lease lapses and the run is re-executed from its checkpoints.
+        logger.warning("run %s attempt %d lost Redis: %s", handle.run_id, handle.attempt, exc)
+        handle.abort("redis")
+        return
+    except Exception as exc:
+        if handle.abort_reason is not None:
+            return
+        logger.info("run %s failed", handle.run_id, exc_info=True)
+        error = describe_error(exc)
+        await _terminal(handle, EventType.WORKFLOW_FAILED, error, fields={"error": error})
+        return
+    value = codec.dumps(result)
+    await _terminal(
+        handle,
+        EventType.WORKFLOW_COMPLETED,
+        "completed",
+        progress=100,
+        data={"result": codec.loads(value)},
+        fields={"result": value.decode()},
+    )
+
+
+async def _body(handle: RunHandle) -> Any:
+    definition = get_workflow(handle.workflow)
+    model = definition.Input.model_validate(handle.input or {})
+    return await definition.fn(handle, model)
+
+
+async def _terminal(handle: RunHandle, type: EventType, message: str, **kwargs: Any) -> None:
+    try:
+        await handle.publisher.send(type, message, wait=True, **kwargs)
+    except _QUIET as exc:
+        logger.info("run %s: %s not published: %s", handle.run_id, type.value, exc)

@@ -1,0 +1,231 @@
+"""A fanned-out task's execution on whichever worker took its job, and its `TaskContext`.
+
+Claiming is one script (`Leases.claim_task`): it removes the job from the queue, checks the
+run's attempt and that nobody committed the task yet, sets the task lease, returns the spec.
+The outcome is committed with `Bus.publish_once` on `task:<id>` (result) or `fail:<id>` (final
+error), so when two executions race (a worker presumed lost comes back) exactly one
+`task_completed` is published. A failure with tries left publishes `task_retrying` and enqueues
+the next try with a short back-off before the lease is released, so the waiting run never sees
+the task as lost. Every event is fenced by the run attempt the job was enqueued for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from shared import codec
+from shared.errors import Fenced, RunFinished
+from shared.events import EventType
+from shared.jobs import TASK_JOB, task_job_id
+from shared.settings import Settings
+from shared.workflow import TaskContext, get_activity
+
+from .publisher import Publisher
+from .tokens import stream_tokens
+
+if TYPE_CHECKING:
+    from shared.control import Control
+
+    from .context import Engine
+    from .llm import LLM
+
+__all__ = ["TaskExecution", "execute_task_job"]
+
+logger = logging.getLogger(__name__)
+
+_BACKOFF_MS = 200
+
+
+class TaskExecution:
+    """Also the `TaskContext` the activity receives."""
+
+    def __init__(
+        self, engine: Engine, run_id: str, task_id: str, attempt: int, try_: int, spec: Any
+    ) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.task_id = task_id
+        self.attempt = attempt
+        self.try_ = try_
+        self.spec = spec
+        self.name = str(spec.get("name") or spec["activity"])
+        self.publisher = Publisher(engine.bus, run_id, attempt, on_error=self._publish_failed)
+        self.abort_reason: str | None = None
+        self.main: asyncio.Task[Any] | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return self.engine.settings
+
+    @property
+    def llm(self) -> LLM:
+        return self.engine.llm
+
+    @property
+    def control(self) -> Control:
+        return self.engine.control
+
+    @property
+    def lease_key(self) -> str:
+        return self.engine.keys.task_lease(self.run_id, self.task_id)
+
+    def job_id(self, try_: int) -> str:
+        return task_job_id(self.run_id, self.task_id, self.attempt, try_)
+
+    # -- TaskContext ----------------------------------------------------------------------------
+
+    async def progress(self, fraction: float, message: str = "", **data: Any) -> None:
+        await self.publisher.send(
+            EventType.TASK_PROGRESS,
+            message,
+            task=self.name,
+            task_id=self.task_id,
+            data={"fraction": max(0.0, min(1.0, fraction)), **data},
+        )
+
+    async def emit(self, type: EventType, message: str = "", **data: Any) -> None:
+        await self.publisher.send(
+            type, message, task=self.name, task_id=self.task_id, data=data or None
+        )
+
+    def stream_llm(
+        self, prompt: str, *, system: str | None = None, max_tokens: int = 400
+    ) -> AsyncIterator[str]:
+        return stream_tokens(
+            self.llm,
+            self.publisher,
+            prompt,
+            task=self.name,
+            task_id=self.task_id,
+            system=system,
+            max_tokens=max_tokens,
+        )
+
+    async def complete(
+        self, prompt: str, *, system: str | None = None, max_tokens: int = 400
+    ) -> str:
+        parts = [d async for d in self.stream_llm(prompt, system=system, max_tokens=max_tokens)]
+        return "".join(parts)
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def abort(self, reason: str) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self.publisher.close()
+        if self.main is not None and not self.main.done():
+            self.main.cancel(f"task {reason}")
+
+    def _publish_failed(self, exc: Exception) -> None:
+        self.abort("fenced" if isinstance(exc, Fenced) else "finished")
+
+    async def execute(self) -> None:
+        await self.publisher.send(
+            EventType.TASK_STARTED,
+            task=self.name,
+            task_id=self.task_id,
+            data={"worker": self.engine.name, "try": self.try_},
+        )
+        args = self.spec.get("args") or []
+        kwargs = self.spec.get("kwargs") or {}
+        try:
+            activity = get_activity(self.spec["activity"])
+            self.main = asyncio.ensure_future(activity.fn(self, *args, **kwargs))
+            result = await self.main
+        except asyncio.CancelledError:
+            if self.abort_reason is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            return  # fenced or finished: another attempt owns the run now
+        except (Fenced, RunFinished):
+            return
+        except Exception as exc:
+            await self._failed(exc)
+            return
+        value = codec.dumps(result)
+        cmd = self.publisher.command(
+            EventType.TASK_COMPLETED,
+            task=self.name,
+            task_id=self.task_id,
+            data={"result": codec.loads(value), "worker": self.engine.name, "try": self.try_},
+        )
+        await self.publisher.commit(
+            cmd, self.engine.keys.steps(self.run_id), f"task:{self.task_id}", value.decode()
+        )
+
+    async def _failed(self, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        retries = int(self.spec.get("retries", 0))
+        if self.try_ < retries:
+            await self.publisher.send(
+                EventType.TASK_RETRYING,
+                error,
+                task=self.name,
+                task_id=self.task_id,
+                data={"try": self.try_ + 1, "error": error},
+                wait=True,
+            )
+            await self.enqueue_next(defer_ms=_BACKOFF_MS * 2**self.try_)
+            return
+        cmd = self.publisher.command(
+            EventType.TASK_FAILED,
+            error,
+            task=self.name,
+            task_id=self.task_id,
+            data={"error": error, "try": self.try_},
+        )
+        await self.publisher.commit(
+            cmd,
+            self.engine.keys.steps(self.run_id),
+            f"fail:{self.task_id}",
+            codec.dumps_str({"error": error}),
+        )
+
+    async def enqueue_next(self, defer_ms: int = 0) -> None:
+        await self.engine.queue.enqueue(
+            TASK_JOB,
+            self.job_id(self.try_ + 1),
+            self.run_id,
+            self.task_id,
+            self.attempt,
+            self.try_ + 1,
+            defer_ms=defer_ms,
+        )
+
+
+async def execute_task_job(
+    ctx: dict[str, Any], run_id: str, task_id: str, attempt: int, try_: int
+) -> None:
+    """The arq job function for one try of one task."""
+    engine: Engine = ctx["engine"]
+    job_id = task_job_id(run_id, task_id, attempt, try_)
+    status, spec = await engine.leases.claim_task(run_id, task_id, attempt, try_, job_id)
+    if status != "ok" or spec is None:
+        logger.debug("task job %s not run: %s", job_id, status)
+        return
+    execution = TaskExecution(engine, run_id, task_id, attempt, try_, codec.loads(spec))
+    engine.tasks[job_id] = execution
+    handed_back = False
+    try:
+        await execution.execute()
+    except asyncio.CancelledError:
+        handed_back = execution.abort_reason == "handback"
+        raise
+    finally:
+        engine.tasks.pop(job_id, None)
+        if execution.abort_reason in (None, "handback") or handed_back:
+            await asyncio.shield(_release(engine, execution))
+
+
+async def _release(engine: Engine, execution: TaskExecution) -> None:
+    value = engine.leases.task_value(execution.attempt, execution.try_)
+    async with engine.redis.pipeline(transaction=False) as pipe:
+        await engine.leases.release(execution.lease_key, value, client=pipe)
+        pipe.rpush(engine.keys.done(execution.run_id), execution.task_id)
+        await pipe.execute()
+
+
+def _conforms(execution: TaskExecution) -> TaskContext:
+    return execution  # mypy checks TaskExecution against the protocol activities receive

@@ -1,0 +1,192 @@
+"""The control surface both services use: start runs, signal them, list and read them.
+
+Decisions:
+- `start` validates the input with the workflow's pydantic model and stores the model's JSON
+  dump (defaults filled in), then writes the record and enqueues the first job in ONE MULTI
+  (`RunStore.create(also=…)`): a run is never left queued without a job.
+- `signal` accepts exactly `stop | pause | resume | cancel | message`; any other name is
+  `InvalidInput` (422) because the name is part of the request, not a resource that may exist.
+  Transitions: pause only a running run, resume only a paused one; stop, cancel and message any
+  unfinished run; anything else is `Conflict` (409). The `signal_received` event is published
+  first (its script refuses a finished run atomically), then the signal is appended to the run's
+  signal list and the workers' doorbell rings so the run's worker reacts at once.
+- Cancelling a run that no worker has started yet ends it here (`workflow_cancelled`, fenced by
+  the attempt we saw): a cancelled run must not wait for a free worker to notice.
+- `list_runs` pages newest first; the cursor is `<created ms>:<run id>`, exclusive.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from . import codec
+from .bus import Bus
+from .errors import BadCursor, Conflict, Fenced, InvalidInput, RunFinished
+from .events import Event, EventType, RunStatus
+from .jobs import JobQueue, job_key, run_job_id, signal_doorbell
+from .keys import Keys, check_run_id
+from .runs import RunRecord, RunStore
+from .settings import Settings
+from .workflow import get_workflow
+
+__all__ = ["SIGNAL_NAMES", "Control"]
+
+_UNFINISHED = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED})
+_ALLOWED: dict[str, frozenset[RunStatus]] = {
+    "stop": _UNFINISHED,
+    "cancel": _UNFINISHED,
+    "message": _UNFINISHED,
+    "pause": frozenset({RunStatus.RUNNING}),
+    "resume": frozenset({RunStatus.PAUSED}),
+}
+SIGNAL_NAMES = tuple(_ALLOWED)
+_PAGE_SCAN = 200
+
+
+class Control:
+    def __init__(self, redis: Redis, keys: Keys, bus: Bus, settings: Settings) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.bus = bus
+        self.settings = settings
+        self.store = RunStore(redis, keys)
+        self.queue = JobQueue(redis, keys)
+
+    async def start(
+        self, workflow: str, input: dict[str, Any] | None, *, run_id: str | None = None
+    ) -> RunRecord:
+        """Validate, record and enqueue a run. NotFound, InvalidInput, Conflict (id taken)."""
+        definition = get_workflow(workflow)
+        try:
+            model = definition.Input.model_validate({} if input is None else input)
+        except ValidationError as exc:
+            errors = json.loads(exc.json(include_url=False))
+            raise InvalidInput(f"invalid input for workflow {workflow!r}", errors=errors) from None
+        return await self.store.create(
+            workflow,
+            model.model_dump(mode="json"),
+            run_id=run_id,
+            also=lambda pipe, rid: self.queue.enqueue_run_in(pipe, rid, 1),
+        )
+
+    async def signal(self, run_id: str, name: str, payload: dict[str, Any] | None = None) -> Event:
+        """Deliver a control signal; returns its `signal_received` event."""
+        allowed = _ALLOWED.get(name)
+        if allowed is None:
+            raise InvalidInput(
+                f"unknown signal {name!r}",
+                errors=[{"loc": ["name"], "msg": f"expected one of {', '.join(SIGNAL_NAMES)}"}],
+            )
+        record = await self.store.get(run_id)
+        if record.status not in allowed:
+            raise Conflict(f"cannot {name} run {run_id}: it is {record.status.value}")
+        body = payload or {}
+        event = await self.bus.publish(
+            run_id,
+            EventType.SIGNAL_RECEIVED,
+            f"{name} requested",
+            data={"signal": name, "payload": body},
+        )
+        entry = {"name": name, "payload": body, "id": event.id, "ts": event.ts}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(self.keys.signals(run_id), codec.dumps(entry))
+            pipe.publish(self.keys.wake_channel, signal_doorbell(run_id))
+            await pipe.execute()
+        if name == "cancel" and record.status is RunStatus.QUEUED:
+            await self._cancel_queued(record)
+        return event
+
+    async def _cancel_queued(self, record: RunRecord) -> None:
+        try:
+            await self.bus.publish(
+                record.run_id,
+                EventType.WORKFLOW_CANCELLED,
+                "cancelled before it started",
+                attempt=record.attempt,
+            )
+        except (Fenced, RunFinished):
+            return  # a worker took it meanwhile; it reads the cancel from the signal list
+        job_id = run_job_id(record.run_id, record.attempt)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.queue, job_id)
+            pipe.delete(job_key(job_id))
+            await pipe.execute()
+
+    async def get(self, run_id: str) -> RunRecord:
+        return await self.store.get(run_id)
+
+    async def state(self, run_id: str) -> Any:
+        if not await self.store.exists(run_id):
+            await self.store.get(run_id)  # raises NotFound with the usual message
+        return await self.store.state(run_id)
+
+    async def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """Runs newest first, optionally filtered; returns (page, cursor of the next page)."""
+        if status is not None and status not in RunStatus.__members__.values():
+            raise InvalidInput(
+                f"unknown status {status!r}",
+                errors=[
+                    {"loc": ["status"], "msg": f"expected one of {[s.value for s in RunStatus]}"}
+                ],
+            )
+        limit = max(1, min(limit, 500))
+        max_score, after_id = _parse_before(before)
+        found: list[tuple[RunRecord, float]] = []
+        while len(found) < limit:
+            raw = await self.redis.zrevrangebyscore(
+                self.keys.runs, max_score, "-inf", start=0, num=_PAGE_SCAN, withscores=True
+            )
+            ids = [
+                (member.decode(), score)
+                for member, score in raw
+                if not (score == max_score and after_id is not None and member.decode() >= after_id)
+            ]
+            if not ids:
+                break
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for rid, _ in ids:
+                    pipe.hgetall(self.keys.run(rid))
+                hashes = await pipe.execute()
+            for (rid, score), raw_hash in zip(ids, hashes, strict=True):
+                if not raw_hash:
+                    continue  # deleted meanwhile
+                rec = RunRecord.from_hash(rid, raw_hash)
+                if (workflow is None or rec.workflow == workflow) and (
+                    status is None or rec.status.value == status
+                ):
+                    found.append((rec, score))
+                if len(found) >= limit:
+                    break
+            last_id, last_score = ids[-1]
+            if len(found) >= limit:
+                last_rec, last_score = found[-1]
+                last_id = last_rec.run_id
+            max_score, after_id = last_score, last_id
+            if len(raw) < _PAGE_SCAN and len(found) < limit:
+                break
+        page = [rec for rec, _ in found]
+        cursor = None
+        if len(found) >= limit:
+            rec, score = found[-1]
+            cursor = f"{int(score)}:{rec.run_id}"
+        return page, cursor
+
+
+def _parse_before(before: str | None) -> tuple[float | str, str | None]:
+    if not before:
+        return "+inf", None
+    score, sep, run_id = before.partition(":")
+    if not sep or not score.isdigit():
+        raise BadCursor(f"not a run list cursor: {before[:64]!r}")
+    return float(score), check_run_id(run_id)

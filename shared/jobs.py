@@ -1,0 +1,121 @@
+"""arq jobs as Tidings uses them: names, JSON payloads, deterministic ids, enqueue + wake.
+
+- Payloads are JSON (`dumps_job` / `loads_job`), never pickle: whoever can write to Redis must not
+  be able to run code on the workers. Both arq's `Worker` and the enqueue below use them.
+- Job ids are deterministic (`run:{ID}:{attempt}`, `task:{ID}:{TID}:{attempt}.{try}`), so
+  enqueueing the same job twice is a no-op (`SET NX` on arq's job key, in one script with the
+  ZADD), and a stale job (older attempt) is recognised by the worker and dropped.
+- The wake channel is the pool's doorbell. Messages are `job <job id>` (something was
+  enqueued: idle workers poll at once instead of waiting out the poll interval) and
+  `signal <run id>` (a control signal arrived: the worker running that run reads it at once).
+  Publishing the doorbell is part of the same script as the enqueue, one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from .events import now_ms
+from .keys import Keys
+
+__all__ = [
+    "JOB_TTL_MS",
+    "RUN_JOB",
+    "RUN_JOB_PREFIX",
+    "TASK_JOB",
+    "TASK_JOB_PREFIX",
+    "JobQueue",
+    "dumps_job",
+    "job_key",
+    "loads_job",
+    "run_job_id",
+    "signal_doorbell",
+    "task_job_id",
+]
+
+RUN_JOB = "tidings_run"
+TASK_JOB = "tidings_task"
+# An unclaimed job key lives this long; the sweeper re-enqueues a run whose job vanished.
+JOB_TTL_MS = 86_400_000
+
+# KEYS[1] job key, KEYS[2] queue zset. ARGV: payload, ttl ms, score, job id, wake channel.
+_ENQUEUE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('PUBLISH', ARGV[5], 'job ' .. ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+def dumps_job(obj: Any) -> bytes:
+    """arq's serializer. `default=str` so a failed job's exception is stored as its text."""
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+def loads_job(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+RUN_JOB_PREFIX = "run:"
+TASK_JOB_PREFIX = "task:"
+
+
+def run_job_id(run_id: str, attempt: int) -> str:
+    return f"{RUN_JOB_PREFIX}{run_id}:{attempt}"
+
+
+def task_job_id(run_id: str, task_id: str, attempt: int, try_: int) -> str:
+    return f"{TASK_JOB_PREFIX}{run_id}:{task_id}:{attempt}.{try_}"
+
+
+def signal_doorbell(run_id: str) -> str:
+    """The wake-channel message that tells the worker running `run_id` to read its signals."""
+    return f"signal {run_id}"
+
+
+def job_key(job_id: str) -> str:
+    return job_key_prefix + job_id
+
+
+class JobQueue:
+    """Enqueues arq jobs on the namespace's queue. One per process."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._enqueue = redis.register_script(_ENQUEUE)
+
+    def enqueue(
+        self,
+        function: str,
+        job_id: str,
+        *args: Any,
+        client: Any = None,
+        defer_ms: int = 0,
+    ) -> Any:
+        """Enqueue `function(*args)` as `job_id` unless that job exists; wakes idle workers.
+
+        Returns the script call's awaitable, or queues it into `client` (a pipeline) when given,
+        so it can join a MULTI with other writes.
+        """
+        now = now_ms()
+        payload = serialize_job(function, args, {}, None, now, serializer=dumps_job)
+        return self._enqueue(
+            keys=[job_key(job_id), self.keys.queue],
+            args=[payload, JOB_TTL_MS, now + defer_ms, job_id, self.keys.wake_channel],
+            client=client,
+        )
+
+    async def enqueue_run(self, run_id: str, attempt: int) -> bool:
+        return bool(await self.enqueue(RUN_JOB, run_job_id(run_id, attempt), run_id, attempt))
+
+    def enqueue_run_in(self, pipe: Any, run_id: str, attempt: int) -> Any:
+        """Queue the run's job into `pipe`; await the result to finish queueing it."""
+        return self.enqueue(RUN_JOB, run_job_id(run_id, attempt), run_id, attempt, client=pipe)

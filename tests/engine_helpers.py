@@ -1,0 +1,86 @@
+"""Helpers for the engine's tests: start real workers, wait for what a run publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.bus import Bus
+from shared.events import Event, EventType
+from shared.keys import Keys
+
+TEST_WORKFLOWS = {"TIDINGS_TEST_WORKFLOWS": "tests.workflows_for_tests"}
+FAST_LEASES = {"lease_ttl_ms": 1000, "lease_refresh_ms": 200}
+WAIT_S = 30.0
+
+
+async def start_workers(
+    processes: Any,
+    settings_env: Callable[..., dict[str, str]],
+    redis: Redis,
+    keys: Keys,
+    n: int,
+    **settings: object,
+) -> list[subprocess.Popen[bytes]]:
+    """`n` worker processes, returned once all of them listen on the doorbell."""
+    env = {**settings_env(**settings), **TEST_WORKFLOWS}
+    procs = [processes.python("services.worker", env=env, name=f"worker{i}") for i in range(n)]
+    await until(lambda: _listening(redis, keys, n), what=f"{n} workers listening", procs=procs)
+    return procs
+
+
+async def _listening(redis: Redis, keys: Keys, n: int) -> bool:
+    [(_, count)] = await redis.pubsub_numsub(keys.wake_channel)
+    return int(count) >= n
+
+
+async def until(
+    check: Callable[[], Any],
+    *,
+    what: str,
+    timeout: float = WAIT_S,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy; fail after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        for proc in procs or []:
+            assert proc.poll() is None, f"a worker exited ({proc.returncode}) waiting for {what}"
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def all_events(bus: Bus, run_id: str) -> list[Event]:
+    return await bus.events(run_id, limit=10_000)
+
+
+async def wait_event(
+    bus: Bus, run_id: str, pred: Callable[[Event], bool], what: str, timeout: float = WAIT_S
+) -> Event:
+    async def check() -> Event | None:
+        return next((e for e in await all_events(bus, run_id) if pred(e)), None)
+
+    result: Event = await until(check, what=what, timeout=timeout)
+    return result
+
+
+async def wait_terminal(bus: Bus, run_id: str, timeout: float = WAIT_S) -> Event:
+    return await wait_event(bus, run_id, lambda e: e.terminal, "a terminal event", timeout)
+
+
+def of_type(events: list[Event], type: EventType) -> list[Event]:
+    return [e for e in events if e.type is type]
+
+
+def pid_of(worker_name: str) -> int:
+    return int(worker_name.rsplit(":", 1)[1])
