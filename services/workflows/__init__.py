@@ -1,1 +1,7 @@
 """The shipped workflows. Importing this package registers them (see shared.workflow)."""
+
+from __future__ import annotations
+
+from . import chat, monty, prompt_chain, research
+
+__all__ = ["chat", "monty", "prompt_chain", "research"]

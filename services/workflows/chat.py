@@ -1,0 +1,155 @@
+"""`chat`: a long-lived conversation. Each user message is a `message` signal; replies stream.
+
+A message is `{"text": "...", "ref": "optional client reference"}`; an optional first message may
+come in the input. For each message the agent either runs a tool (see `chat_tools`: start, list,
+stop or inspect runs, calculate, tell the time) and answers with its result, or streams a model
+reply with `run.stream_llm`. Tool calls are published as `log` events with data
+`{"tool", "args", "ok", "result"}`; the reply's text arrives as `token` events of task `reply`.
+
+`run.state["messages"]` holds the conversation, the latest 400 messages: `role`, `content`, `ts`,
+`id` (the signal's id, unique), on user messages the client's `ref` and on replies `reply_to`
+(that `ref`) and `tool` (when one ran). It is what the history route returns and what
+`POST /chat` waits on. Each turn is checkpointed under a step named after its message id, so a
+run re-executed after a crash (which sees its signal history again) neither repeats a tool's side
+effect nor answers twice.
+
+A model failure during a reply is reported in the reply and as a `log` event; the conversation
+goes on. The run ends on `stop` (after the current turn) or after `idle_timeout_s` without a
+message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from services.worker.llm import LLMError
+from shared.events import EventType, now_iso
+from shared.workflow import Run, workflow
+
+from ._runtime import model_info
+from .chat_tools import parse_intent, run_tool
+
+__all__ = ["ChatInput", "chat"]
+
+_SYSTEM = (
+    "You are the assistant of Tidings, a workflow engine that streams every step of every run. "
+    "Answer briefly and plainly."
+)
+_HISTORY_TURNS = 12
+# The state is rewritten whole on every turn: keep it bounded in a conversation that never ends.
+_KEEP_MESSAGES = 400
+
+
+class ChatInput(BaseModel):
+    message: str | None = Field(
+        None, min_length=1, max_length=8_000, description="First user message."
+    )
+    system: str | None = Field(None, max_length=4_000, description="Replaces the system prompt.")
+    idle_timeout_s: float = Field(
+        3_600, ge=1, le=7 * 86_400, description="End the conversation after this long idle."
+    )
+
+
+@workflow(
+    "chat",
+    Input=ChatInput,
+    description="A conversation: send `message` signals; replies stream; tools act on runs.",
+)
+async def chat(run: Run, input: ChatInput) -> dict[str, Any]:
+    info = model_info(run)
+    if "messages" not in run.state:
+        await run.save_state(messages=[], status="waiting", turns=0, **info)
+    if input.message and not _answered(run, "input"):
+        await _turn(run, input, input.message, key="input", ref="input", info=info)
+    while not run.stop_requested:
+        await run.save_state(status="waiting")
+        signal = await run.next_message(timeout=input.idle_timeout_s)
+        if signal is None:
+            break  # stop requested or idle too long
+        text = str(signal.payload.get("text") or signal.payload.get("message") or "").strip()
+        if not text:
+            await run.emit(EventType.LOG, "ignored an empty message", data={"signal": signal.id})
+            continue
+        key = signal.id or now_iso()
+        if not _answered(run, key):  # a re-execution sees the signal history again
+            ref = str(signal.payload.get("ref") or key)[:64]
+            await _turn(run, input, text[:8_000], key=key, ref=ref, info=info)
+    await run.save_state(status="ended")
+    return {"turns": run.state.get("turns", 0), "messages": len(run.state["messages"])}
+
+
+def _answered(run: Run, key: str) -> bool:
+    return any(m.get("id") == key and m["role"] == "assistant" for m in run.state["messages"])
+
+
+async def _turn(
+    run: Run, input: ChatInput, text: str, *, key: str, ref: str, info: dict[str, Any]
+) -> None:
+    """Answer one user message. `key` identifies the message (the signal's id, unique), `ref`
+    is the client's own reference, echoed as the reply's `reply_to`."""
+    messages: list[dict[str, Any]] = list(run.state["messages"])
+    if not any(m.get("id") == key and m["role"] == "user" for m in messages):
+        user = {"role": "user", "content": text, "ts": now_iso(), "id": key, "ref": ref}
+        messages.append(user)
+        await run.save_state(messages=messages, status="replying")
+    history = messages[-_HISTORY_TURNS - 1 : -1]
+
+    async def reply() -> dict[str, Any]:
+        call = parse_intent(text)
+        if call is not None:
+            result = await run_tool(run, call)
+            await run.emit(
+                EventType.LOG,
+                f"tool {call.name}: {result['text']}",
+                task="tool",
+                data={
+                    "tool": call.name,
+                    "args": call.args,
+                    "ok": result["ok"],
+                    "result": result["data"],
+                },
+            )
+            content = result["text"] if result["ok"] else f"That did not work: {result['text']}"
+            # The tool's answer is exact; it is sent as one token so viewers render it like any
+            # other reply, marked as not written by a (simulated) model.
+            await run.emit(
+                EventType.TOKEN,
+                task="reply",
+                data={"text": content, "ref": ref, "tool": call.name, "simulated": False},
+            )
+            return {"content": content, "tool": call.name}
+        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in history)
+        system = (input.system or _SYSTEM) + (
+            f"\n\nConversation so far:\n{transcript}" if transcript else ""
+        )
+        parts: list[str] = []
+        try:
+            async for delta in run.stream_llm(text, task="reply", system=system):
+                parts.append(delta)
+        except LLMError as exc:
+            # A model outage ends this reply, not the conversation.
+            await run.emit(EventType.LOG, f"model error: {exc}", task="reply")
+            parts.append(f" [the model failed: {exc}]")
+        return {"content": "".join(parts).strip(), "tool": None}
+
+    answer = await run.step(f"turn-{key}", reply)
+    messages = list(run.state["messages"])
+    if not any(m.get("id") == key and m["role"] == "assistant" for m in messages):
+        messages.append(
+            {
+                "role": "assistant",
+                "content": answer["content"],
+                "ts": now_iso(),
+                "id": key,
+                "reply_to": ref,
+                "tool": answer["tool"],
+                **info,
+            }
+        )
+    await run.save_state(
+        messages=messages[-_KEEP_MESSAGES:],
+        turns=int(run.state.get("turns", 0)) + 1,
+        status="waiting",
+    )
