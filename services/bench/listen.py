@@ -1,0 +1,33 @@
+"""Waiting for pub/sub messages with a deadline, timestamped on arrival."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.client import PubSub
+
+from .harness import BenchError
+
+__all__ = ["next_matching"]
+
+
+async def next_matching(
+    pubsub: PubSub, match: Callable[[dict[str, Any]], bool], timeout: float, what: str
+) -> tuple[float, dict[str, Any]]:
+    """(monotonic arrival time, message JSON) of the next message `match` accepts."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(left, 1.0))
+        if msg is None or msg["type"] not in ("message", "pmessage"):
+            continue
+        arrived = time.monotonic()
+        try:
+            body = json.loads(msg["data"])
+        except ValueError:
+            continue
+        if isinstance(body, dict) and match(body):
+            return arrived, body
+    raise BenchError(f"no {what} within {timeout:.0f}s")

@@ -1,0 +1,207 @@
+"""Argument parsing and the entry point. Settings are read from the environment once, here, and
+passed down; the only place that turns errors into exit codes and one-line messages is `main`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shared.settings import Settings
+
+from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
+from .local import gateway_url, with_redis_url
+
+__all__ = ["build_parser", "main"]
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('expected a JSON object, like \'{"topic": "tides"}\'')
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tidings",
+        description="Durable multi-step workflows on a worker pool, streamed live over SSE.",
+        epilog="Settings come from the environment: REDIS_URL and TIDINGS_* "
+        "(see `tidings env`). Exit codes: 0 ok, 1 error or failed run, 2 usage, "
+        "3 cancelled run, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="Valkey (embedded unless REDIS_URL), a gateway and N workers")
+    up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    up.add_argument("--port", type=int, help="gateway port (default TIDINGS_PORT or 8000)")
+    up.add_argument("--host", help="gateway bind address (default TIDINGS_HOST or 127.0.0.1)")
+    up.add_argument("--grace", type=float, default=10.0, help="seconds to wait on shutdown")
+
+    gw = sub.add_parser("gateway", help="run one gateway (HTTP API, SSE, dashboard) in foreground")
+    gw.add_argument("--port", type=int)
+    gw.add_argument("--host")
+    sub.add_parser("worker", help="run one worker in the foreground")
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--url", help="gateway URL (default http://TIDINGS_HOST:TIDINGS_PORT)")
+
+    run = sub.add_parser("run", parents=[client], help="start a run; prints its id")
+    run.add_argument("workflow")
+    run.add_argument("--input", type=_json_object, default=None, help="input as a JSON object")
+    run.add_argument("--follow", "-f", action="store_true", help="then watch it to the end")
+    run.add_argument("--json", action="store_true", help="with --follow: events as JSON lines")
+
+    watch = sub.add_parser("watch", parents=[client], help="follow a run live until it ends")
+    watch.add_argument("run_id", metavar="RUN")
+    watch.add_argument("--json", action="store_true", help="print events as JSON lines")
+
+    sig = sub.add_parser("signal", parents=[client], help="send stop/pause/resume/cancel/message")
+    sig.add_argument("run_id", metavar="RUN")
+    sig.add_argument("name", metavar="NAME")
+    sig.add_argument("--payload", type=_json_object, default=None, help="JSON object")
+
+    ls = sub.add_parser("ls", parents=[client], help="list runs, newest first")
+    ls.add_argument("--workflow")
+    ls.add_argument("--status")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--json", action="store_true", help="print the runs as JSON")
+
+    bench = sub.add_parser("bench", help="benchmarks against their baselines, on real servers")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes (~40 s)")
+    bench.add_argument("--only", action="append", metavar="NAME", help="run only these")
+    bench.add_argument("--json", metavar="PATH", help="also write results as JSON")
+
+    sub.add_parser("env", help="list the settings and their environment variables")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValueError as exc:
+        return _fail(" ".join(str(exc).split()), EXIT_USAGE)
+    try:
+        return _COMMANDS[args.command](args, settings)
+    except CliError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"tidings: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from .supervisor import Supervisor
+
+    if args.workers < 0:
+        raise CliError("--workers must be >= 0", EXIT_USAGE)
+    if settings.port == 0:  # "any port": pick it here so the banner and readiness know it
+        from shared.embedded import free_port
+
+        settings = settings.model_copy(update={"port": free_port()})
+    return Supervisor(settings, workers=args.workers, grace_s=args.grace).run()
+
+
+def _gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from services.gateway.main import serve
+
+    serve(with_redis_url(settings))
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from services.worker.main import run_worker
+
+    settings = with_redis_url(settings)
+    level = getattr(logging, settings.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level > logging.DEBUG:
+        logging.getLogger("arq").setLevel(logging.WARNING)  # a line per job otherwise
+    run_worker(settings)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import Api
+
+    base = gateway_url(settings, args.url)
+    with Api(base) as api:
+        record = api.start(args.workflow, args.input)
+    run_id = str(record["run_id"])
+    if not args.follow:
+        print(run_id, flush=True)
+        return EXIT_OK
+    if not args.json:
+        print(f"run {run_id} ({args.workflow}) started", file=sys.stderr, flush=True)
+    from .watch import watch_run
+
+    return watch_run(base, run_id, json_lines=args.json)
+
+
+def _watch(args: argparse.Namespace, settings: Settings) -> int:
+    from .watch import watch_run
+
+    return watch_run(gateway_url(settings, args.url), args.run_id, json_lines=args.json)
+
+
+def _signal(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import Api
+
+    with Api(gateway_url(settings, args.url)) as api:
+        result = api.signal(args.run_id, args.name, args.payload)
+    print(json.dumps(result, ensure_ascii=False) if result is not None else "ok", flush=True)
+    return EXIT_OK
+
+
+def _ls(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import Api
+    from .tables import print_runs
+
+    with Api(gateway_url(settings, args.url)) as api:
+        runs = api.list_runs(workflow=args.workflow, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps(runs, ensure_ascii=False, indent=2), flush=True)
+    else:
+        print_runs(runs)
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    from services.bench import run_benchmarks
+
+    return run_benchmarks(quick=args.quick, only=args.only, json_path=args.json)
+
+
+def _env(args: argparse.Namespace, settings: Settings) -> int:
+    from .tables import print_env
+
+    print_env(Settings.env_help())
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "up": _up,
+    "gateway": _gateway,
+    "worker": _worker,
+    "run": _run,
+    "watch": _watch,
+    "signal": _signal,
+    "ls": _ls,
+    "bench": _bench,
+    "env": _env,
+}

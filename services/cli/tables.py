@@ -1,0 +1,58 @@
+"""Tables the CLI prints (runs, settings)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["make_console", "print_env", "print_runs"]
+
+_STATUS_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "running": "cyan",
+    "paused": "magenta",
+}
+
+
+def make_console(file: IO[str] | None = None) -> Console:
+    """A console for the CLI's output; piped output is not wrapped at 80 columns."""
+    console = Console(file=file, highlight=False)
+    if not console.is_terminal:
+        console = Console(file=file, highlight=False, width=200, soft_wrap=True)
+    return console
+
+
+def print_runs(runs: list[dict[str, Any]], console: Console | None = None) -> None:
+    console = console or make_console()
+    if not runs:
+        console.print("no runs")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("RUN", "WORKFLOW", "STATUS", "PROGRESS", "CREATED", "MESSAGE"):
+        table.add_column(column, no_wrap=column != "MESSAGE", overflow="fold")
+    for run in runs:
+        status = str(run.get("status", ""))
+        table.add_row(
+            str(run.get("run_id", "")),
+            str(run.get("workflow", "")),
+            f"[{_STATUS_STYLE.get(status, '')}]{status}[/]" if status else "",
+            f"{float(run.get('progress') or 0):.0f}%",
+            str(run.get("created_at", ""))[:19].replace("T", " "),
+            str(run.get("error") or run.get("message") or "")[:60],
+        )
+    console.print(table)
+
+
+def print_env(rows: Iterable[tuple[str, str, str]], console: Console | None = None) -> None:
+    console = console or make_console()
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("VARIABLE", "DEFAULT", "MEANING"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

@@ -1,0 +1,98 @@
+"""deploy/: the compose file, nginx config and Procfile say what they must (no Docker here)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from services.cli import main
+from services.cli.main import build_parser
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    return data
+
+
+def _subcommands() -> set[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return set(action.choices)  # type: ignore[arg-type]
+
+
+def test_compose_has_redis_gateway_scalable_workers_and_nginx() -> None:
+    services = _compose()["services"]
+    assert {"redis", "gateway", "worker", "nginx"} <= set(services)
+    assert services["worker"]["deploy"]["replicas"] >= 1
+    assert "ports" not in services["worker"]  # --scale worker=N must not collide on ports
+    for name in ("gateway", "worker"):
+        command = services[name]["command"]
+        assert command[0] == "tidings" and command[1] in _subcommands()
+        assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:")
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert services["gateway"]["environment"]["TIDINGS_HOST"] == "0.0.0.0"
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
+
+
+def test_nginx_streams_events_unbuffered_uncompressed_over_http2() -> None:
+    conf = (DEPLOY / "nginx.conf").read_text()
+    stream = conf[conf.index("location ~") :]
+    for directive in (
+        "proxy_buffering off;",
+        "gzip off;",
+        "proxy_read_timeout 1h;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+    ):
+        assert directive in stream, directive
+    assert "http2 on;" in conf
+    assert "text/event-stream" not in re.search(r"gzip_types[^;]*;", conf).group()  # type: ignore[union-attr]
+    assert conf.count("{") == conf.count("}")
+
+
+def test_dockerfile_is_slim_non_root_and_installs_the_package() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert all("python:3.11-slim" in line for line in stages)
+    final = text[text.rindex("FROM ") :]
+    assert re.search(r"^USER (?!root)\w+", final, re.M)
+    assert "pip install" in final and "--no-index" in final  # wheels built in the first stage
+    assert "gcc" not in final and "build-essential" not in final
+
+
+def _procfile() -> dict[str, str]:
+    lines = (DEPLOY / "Procfile").read_text().splitlines()
+    pairs = [line.split(":", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {name.strip(): cmd.strip() for name, cmd in pairs}
+
+
+def test_procfile_has_gateway_and_worker_lines() -> None:
+    assert set(_procfile()) == {"gateway", "worker"}
+
+
+@pytest.mark.parametrize("name", ["gateway", "worker"])
+def test_procfile_commands_are_real_cli_commands(name: str) -> None:
+    argv = shlex.split(_procfile()[name])
+    assert argv[0] == "tidings" and argv[1] in _subcommands()
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", *argv[1:], "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"tidings {argv[1]}" in done.stdout
+
+
+def test_console_script_entry_point_is_importable() -> None:
+    assert callable(main)
