@@ -15,14 +15,22 @@ function setStatus(state) {
   bar.textContent = state === "offline" ? "Disconnected from the gateway: reconnecting…" : "Connected: live updates on.";
 }
 
-function select(runId) {
-  history.replaceState(null, "", `#run=${encodeURIComponent(runId)}`);
-  showRun(runId);
-  showTab("trace");
-}
-
 for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
 initRuns({ onSelect: select, onStatus: setStatus });
 initTrace({ onRunning: (on) => { document.querySelector(".running-indicator").hidden = !on; } });
 initChat();
-if (location.hash.startsWith("#run=")) select(decodeURIComponent(location.hash.slice(5)));
+// `#run=ID` links open that run's trace, on load and when the hash changes.
+let shown = null;
+function route() {
+  if (!location.hash.startsWith("#run=")) return;
+  const id = decodeURIComponent(location.hash.slice(5));
+  if (id !== shown) select(id);
+}
+function select(runId) {
+  shown = runId;
+  history.replaceState(null, "", `#run=${encodeURIComponent(runId)}`);
+  showRun(runId);
+  showTab("trace");
+}
+window.addEventListener("hashchange", route);
+route();

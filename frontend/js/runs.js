@@ -74,7 +74,7 @@ export function initRuns({ onSelect, onStatus }) {
     const schema = wf.input_schema || wf.schema || {};
     for (const [name, prop] of Object.entries(schema.properties || {})) {
       const type = prop.type || (prop.anyOf && prop.anyOf.map((p) => p.type).find((t) => t !== "null")) || "string";
-      const value = prop.default === undefined ? "" : prop.default;
+      const value = prop.default === undefined || prop.default === null ? "" : prop.default;
       const input = type === "array" || type === "object"
         ? h("textarea", { name, "data-type": "json" }, value === "" ? "" : JSON.stringify(value, null, 1))
         : h("input", {

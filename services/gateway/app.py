@@ -17,7 +17,6 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
-from starlette.staticfiles import StaticFiles
 
 from shared.bus import Bus
 from shared.control import Control
@@ -28,6 +27,7 @@ from shared.settings import Settings
 
 from . import compat, run_routes, stream_routes
 from .context import Gateway
+from .dashboard import dashboard
 from .errors import BodyLimitMiddleware, exception_handlers
 from .fanout import Hub
 from .metrics import Gauges, Stats, make_registry
@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, frontend: Path | None = FRONTEND_DIR) -> S
         raise ValueError("the gateway needs a Redis: set REDIS_URL")
     routes: list[BaseRoute] = [*stream_routes.routes, *run_routes.routes, *compat.routes]
     if frontend is not None and (frontend / "index.html").is_file():
-        routes.append(Mount("/", app=StaticFiles(directory=frontend, html=True), name="frontend"))
+        routes.append(Mount("/", app=dashboard(frontend), name="frontend"))
     return Starlette(
         routes=routes,
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],

@@ -1,0 +1,131 @@
+"""The dashboard in headless Chromium against a real gateway and worker.
+
+Needs Debian's chromium at /usr/bin/chromium; without it the tests skip, except under CI
+(`CI=true`), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_api_helpers import Stack, running_stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(
+            "CI needs /usr/bin/chromium for the browser tests (apt-get install chromium)"
+        )
+    pytest.skip("no /usr/bin/chromium on this machine", allow_module_level=True)
+
+from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest.fixture
+async def stack(
+    processes: Any, settings_env: Callable[..., dict[str, str]]
+) -> AsyncIterator[Stack]:
+    async with running_stack(processes, settings_env) as s:
+        yield s
+
+
+@pytest.fixture
+async def page(browser: Browser, stack: Stack) -> AsyncIterator[Page]:
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    await page.goto(stack.url + "/")
+    yield page
+    assert errors == [], errors
+
+
+async def start_monty(page: Page, **fields: str) -> None:
+    await page.select_option("#wf-select", "monty")
+    for name, value in fields.items():
+        await page.fill(f"#wf-fields [name={name}]", value)
+    await page.click("#start-form button[type=submit]")
+
+
+async def test_start_a_run_from_its_schema_and_trace_it_to_the_end(
+    page: Page, stack: Stack
+) -> None:
+    await expect(page.locator("#wf-select option")).to_have_count(4)
+    await start_monty(page, min_sleep_s="0.1", max_sleep_s="0.2", max_iterations="2")
+
+    # Only the Trace view shows; it follows the run to its end.
+    await expect(page.locator("#view-trace")).to_be_visible()
+    await expect(page.locator("#view-runs")).to_be_hidden()
+    await expect(page.locator("#t-status")).to_have_text("completed", timeout=20_000)
+    await expect(page.locator("#t-pct")).to_have_text("100%")
+    await expect(page.locator("#t-events li .type", has_text="iteration_completed")).to_have_count(
+        2
+    )
+    await expect(page.locator("#t-stats")).to_contain_text("Iterations: 2 | Quotes Delivered: 2")
+
+    # The Runs tab lists it, live, as completed.
+    await page.click(".tab[data-tab=runs]")
+    row = page.locator("#runs-body tr", has_text="monty")
+    await expect(row).to_contain_text("completed")
+
+
+async def test_stop_button_finishes_the_iteration_and_completes(page: Page, stack: Stack) -> None:
+    await start_monty(page, min_sleep_s="30", max_sleep_s="30")
+    await expect(page.locator("#t-status")).to_have_text("running", timeout=15_000)
+    await expect(page.locator(".running-indicator")).to_be_visible()
+    await page.click("[data-signal=stop]")
+    await expect(page.locator("#t-status")).to_have_text("completed", timeout=15_000)
+    await expect(page.locator("#t-events li .type", has_text="signal_received")).to_have_count(1)
+    await expect(page.locator(".running-indicator")).to_be_hidden()
+
+
+async def test_chat_streams_replies_and_shows_tool_results(page: Page, stack: Stack) -> None:
+    await page.click(".tab[data-tab=chat]")
+    await page.fill("#chat-input", "calculate 2*(3+4)")
+    await page.press("#chat-input", "Enter")
+    await expect(page.locator(".msg.user")).to_have_text("calculate 2*(3+4)", timeout=15_000)
+    await expect(page.locator(".msg.tool")).to_contain_text("14", timeout=15_000)
+
+    await page.fill("#chat-input", "Tell me about tides")
+    await page.press("#chat-input", "Enter")
+    reply = page.locator(".msg.assistant", has_text="simulated model").last
+    await expect(reply).to_be_visible(timeout=15_000)
+    await expect(reply).to_contain_text("tides", timeout=15_000)
+
+
+async def test_markup_in_run_data_is_shown_as_text(page: Page, stack: Stack) -> None:
+    evil = "<img src=x onerror=\"document.title='owned'\">"
+    run = await stack.start("research", {"topic": evil, "breadth": 1})
+    await page.goto(f"{stack.url}/#run={run['run_id']}")
+    await expect(page.locator("#t-status")).to_have_text("completed", timeout=30_000)
+    await expect(page.locator("#t-events")).to_contain_text(evil)
+    assert await page.locator("#t-events img").count() == 0
+    assert await page.title() == "Tidings"
+
+
+async def test_dashboard_is_served_with_a_strict_csp(stack: Stack) -> None:
+    resp = await stack.client.get("/")
+    assert resp.status_code == 200
+    csp = resp.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert resp.headers["x-content-type-options"] == "nosniff"
