@@ -13,9 +13,9 @@ from redis.asyncio import Redis
 from . import codec
 from .errors import Conflict, NotFound
 from .events import RunStatus, RunSummary, now_iso, now_ms
-from .keys import Keys, check_run_id
+from .keys import SCHEMA_VERSION, Keys, check_run_id
 
-__all__ = ["RunRecord", "RunStore"]
+__all__ = ["RunRecord", "RunStore", "ensure_schema"]
 
 
 class RunRecord(BaseModel):
@@ -115,3 +115,16 @@ class RunStore:
         """The run's queryable state snapshot (None before the workflow sets any)."""
         raw = await self.redis.get(self.keys.state(check_run_id(run_id)))
         return codec.loads(raw) if raw else None
+
+
+async def ensure_schema(redis: Redis, keys: Keys) -> None:
+    """Stamp an empty keyspace with this code's schema version; refuse one of another version.
+
+    Both services call it at start-up, so a deployment never mixes layouts in one namespace.
+    """
+    await redis.set(keys.schema, SCHEMA_VERSION, nx=True)
+    found = await redis.get(keys.schema)
+    if found is not None and int(found) != SCHEMA_VERSION:
+        raise ValueError(
+            f"namespace {keys.ns!r} holds schema {int(found)}, this code speaks {SCHEMA_VERSION}"
+        )

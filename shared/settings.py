@@ -32,7 +32,9 @@ class Settings(BaseModel):
     data_dir: Path = Field(Path(".tidings"), description="Embedded Valkey's data directory.")
     host: str = Field("127.0.0.1", description="Gateway bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Gateway port.")
-    log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
+    log_level: str = Field(
+        "info", pattern=r"^(debug|info|warning|error)$", description="debug|info|warning|error"
+    )
 
     events_maxlen: int = Field(10_000, ge=10, description="Approximate length cap of a run's log.")
     sse_heartbeat_s: float = Field(15.0, gt=0, description="Comment heartbeat interval.")
@@ -53,10 +55,16 @@ class Settings(BaseModel):
         1.0, gt=0, description="Fallback queue poll; workers are woken by pub/sub first."
     )
 
-    llm_provider: str = Field("simulated", pattern=r"^(simulated|openai)$")
+    llm_provider: str = Field(
+        "simulated",
+        pattern=r"^(simulated|openai)$",
+        description="`simulated` (offline, deterministic) or `openai` (any compatible endpoint).",
+    )
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint (…/v1).")
-    llm_model: str = Field("gpt-4o-mini")
-    llm_api_key: str | None = Field(None)
+    llm_model: str = Field("gpt-4o-mini", description="Model name sent to the endpoint.")
+    llm_api_key: str | None = Field(
+        None, description="Bearer key for the endpoint, if it needs one."
+    )
     llm_token_delay_ms: float = Field(
         18.0, ge=0, description="Simulated model: mean delay between tokens."
     )
@@ -93,5 +101,6 @@ class Settings(BaseModel):
         rows = []
         for name, info in cls.model_fields.items():
             var = "REDIS_URL" if name == "redis_url" else _PREFIX + name.upper()
-            rows.append((var, repr(info.default), info.description or ""))
+            default = "" if info.default is None else str(info.default)
+            rows.append((var, default, info.description or ""))
         return rows

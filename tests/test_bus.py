@@ -144,3 +144,17 @@ async def test_read_pages_after_a_cursor(bus: Bus, store: RunStore) -> None:
     assert [Event.model_validate_json(raw).message for _, raw in page] == ["0", "1", "2"]
     rest = await bus.read(run.run_id, after=page[-1][0], count=100)
     assert [Event.model_validate_json(raw).seq for _, raw in rest] == [e.seq for e in evs[3:]]
+
+
+async def test_schema_is_stamped_once_and_a_foreign_version_refused(
+    redis: Redis, keys: Keys
+) -> None:
+    from shared.keys import SCHEMA_VERSION
+    from shared.runs import ensure_schema
+
+    await ensure_schema(redis, keys)
+    await ensure_schema(redis, keys)  # idempotent
+    assert int(await redis.get(keys.schema)) == SCHEMA_VERSION
+    await redis.set(keys.schema, SCHEMA_VERSION + 1)
+    with pytest.raises(ValueError, match="schema"):
+        await ensure_schema(redis, keys)

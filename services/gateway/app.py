@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
@@ -22,7 +23,7 @@ from shared.bus import Bus
 from shared.control import Control
 from shared.keys import Keys
 from shared.redis import connect
-from shared.runs import RunStore
+from shared.runs import RunStore, ensure_schema
 from shared.settings import Settings
 
 from . import compat, run_routes, stream_routes
@@ -80,6 +81,11 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
         control=Control(redis, keys, bus, settings),
         registry=make_registry(stats, gauges),
     )
+    try:
+        await ensure_schema(redis, keys)
+    except RedisConnectionError:
+        # Not fatal: the hub keeps retrying and /readyz says 503 until Redis answers.
+        log.warning("Redis unreachable at start-up; schema check skipped")
     hub.start()
     try:
         yield

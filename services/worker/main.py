@@ -17,6 +17,7 @@ from arq.connections import ArqRedis
 
 from shared.jobs import dumps_job, loads_job
 from shared.redis import connect
+from shared.runs import ensure_schema
 from shared.settings import Settings
 
 from .context import Engine, worker_name
@@ -59,6 +60,7 @@ async def serve(
     # Named connections: other workers' sweepers tell from CLIENT LIST that we are alive.
     redis = connect(settings.redis_url, client_name=client_name(name))
     engine = Engine.build(settings, redis, name)
+    await ensure_schema(redis, engine.keys)
     pool = ArqRedis(
         pool_or_conn=redis.connection_pool,
         job_serializer=dumps_job,
