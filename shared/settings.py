@@ -33,7 +33,9 @@ class Settings(BaseModel):
     host: str = Field("127.0.0.1", description="Gateway bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Gateway port.")
     log_level: str = Field(
-        "info", pattern=r"^(debug|info|warning|error)$", description="debug, info, warning or error."
+        "info",
+        pattern=r"^(debug|info|warning|error)$",
+        description="debug, info, warning or error.",
     )
 
     events_maxlen: int = Field(10_000, ge=10, description="Approximate length cap of a run's log.")

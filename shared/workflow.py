@@ -8,7 +8,9 @@ the pool may execute it.
     @workflow("research", Input=ResearchInput, description="…")
     async def research(run: Run, input: ResearchInput) -> dict[str, Any]:
         plan = await run.step("plan", make_plan, input.topic)
-        found = await run.parallel([run.task("research_question", q) for q in plan["questions"]])
+        found = await run.parallel(
+            [run.task("research_question", q) for q in plan["questions"]], progress=(20, 90)
+        )
         return await run.step("synthesize", synthesize, found)
 """
 
@@ -71,8 +73,9 @@ class TaskContext(Protocol):
     name: str
 
     async def progress(self, fraction: float, message: str = "", **data: Any) -> None:
-        """Progress of this task, 0..1, as a `task_progress` event (data `fraction`); the run's
-        overall progress stays the workflow's to set with `run.progress`."""
+        """Progress of this task, 0..1, as a `task_progress` event (data `fraction`); inside a
+        `run.parallel(..., progress=span)` it may also advance the run's overall progress within
+        this task's share of the span (see `Run.parallel`)."""
 
     async def emit(self, type: EventType, message: str = "", **data: Any) -> None: ...
 
@@ -125,9 +128,17 @@ class Run(Protocol):
         """Describe a call of a registered activity, to pass to `parallel`."""
         ...
 
-    async def parallel(self, tasks: Sequence[TaskSpec]) -> list[Any]:
+    async def parallel(
+        self, tasks: Sequence[TaskSpec], *, progress: tuple[float, float] | None = None
+    ) -> list[Any]:
         """Enqueue each task as its own job across the worker pool; results in order. Each task is
-        checkpointed; retries (task_retrying) up to `retries`; raises if one finally fails."""
+        checkpointed; retries (task_retrying) up to `retries`; raises if one finally fails.
+
+        With `progress=(start, end)` the run's overall progress moves from `start` to `end` as the
+        tasks complete, each adding `(end - start) / len(tasks)` (a `task_progress` event with
+        data `done`, `total`). A task's own `ctx.progress(fraction)` also asks for
+        `start + share * fraction`, a lower bound that never overshoots: it moves the bar before
+        the first task completes and within a single-task fan-out, at no extra cost."""
         ...
 
     async def progress(self, percent: float, message: str = "", **data: Any) -> None:

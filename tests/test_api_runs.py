@@ -80,15 +80,30 @@ async def test_research_runs_end_to_end_with_findings_and_a_report(stack: Stack)
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress) and progress[-1] == 100
     plan_done = next(e for e in events if e["type"] == "task_completed" and e["task"] == "plan")
-    assert plan_done["progress"] <= 20
+    assert plan_done["progress"] <= 20 and plan_done["message"] == "Completed: plan"
     synth = next(e for e in events if e["type"] == "task_started" and e["task"] == "synthesize")
-    assert synth["progress"] >= 90
+    assert synth["progress"] >= 90 and synth["message"] == "Starting task: synthesize"
+    # Each question is several model calls (queries, notes per query, the finding), reported
+    # step by step, and the bar moves inside a round while its questions are researched.
+    first = "research 1.1"
+    steps = [e for e in events if e["type"] == "task_progress" and e["task"] == first]
+    assert steps[0]["message"].startswith("Researching: ")
+    queries = steps[1]["data"]["queries"]
+    assert 2 <= len(queries) <= 3 and steps[1]["message"].startswith("Searching: ")
+    assert len(steps) == 3 + len(queries) and steps[-1]["message"].startswith("Found: ")
+    fractions = [e["data"]["fraction"] for e in steps]
+    assert fractions == sorted(fractions) and fractions[-1] == 1
+    answering = [e for e in events if e["type"] == "token" and e["task"] == first]
+    assert answering and all(e["data"]["model"] == "simulated" for e in answering)
+    end_of_round = next(e for e in events if e["type"] == "iteration_completed")
+    assert any(20 < e["progress"] < 55 for e in events[: events.index(end_of_round)])
 
     record = (await stack.client.get(f"/api/runs/{run_id}")).json()
     report = record["result"]
     assert record["status"] == "completed"
     assert report["topic"] == "urban heat islands"
     assert len(report["findings"]) == 4 and report["summary"]
+    assert all(2 <= len(f["queries"]) <= 3 for f in report["findings"])
     assert report["model"] == "simulated" and report["simulated"] is True
 
 
@@ -107,6 +122,11 @@ async def test_prompt_chain_runs_its_dag(stack: Stack) -> None:
     assert set(started) == {"owls", "bats", "compare"} and started[-1] == "compare"
     layers = [e["data"]["tasks"] for e in events if e["type"] == "iteration_started"]
     assert layers == [["owls", "bats"], ["compare"]]
+    # Every prompt is worth a third of the bar, counted as it completes.
+    counted = [e for e in events if e["type"] == "task_progress" and e["task"] is None]
+    assert counted and counted[-1]["data"] == {"done": 1, "total": 1}
+    assert counted[-1]["progress"] == 100 and events[-2]["type"] == "iteration_completed"
+    assert all(round(e["progress"], 6) in (0, 33.333333, 66.666667, 100) for e in counted)
     result = (await stack.client.get(f"/api/runs/{run['run_id']}")).json()["result"]
     assert set(result) == {"owls", "bats", "compare"} and all(result.values())
 

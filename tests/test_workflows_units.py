@@ -14,7 +14,7 @@ from services.workflows.calculator import CalculatorError, calculate, format_num
 from services.workflows.chat_tools import ToolCall, parse_intent
 from services.workflows.monty import MontyInput
 from services.workflows.prompt_chain import ChainInput, layers, render
-from services.workflows.research import ResearchInput, parse_questions
+from services.workflows.research import ResearchInput, parse_queries, parse_questions
 from shared.bus import Bus
 from shared.control import Control
 from shared.errors import InvalidInput
@@ -110,6 +110,13 @@ def test_parse_questions_reads_lists_and_pads_to_breadth() -> None:
     assert parse_questions(text, 3, "t") == ["First?", "Second?", "Third?"]
     padded = parse_questions("", 10, "bees")
     assert len(padded) == len(set(padded)) == 10 and "bees" in padded[0]
+
+
+def test_parse_queries_keeps_two_or_three_search_queries() -> None:
+    text = "1. a?\n2. b?\n3. c?\n4. d?"
+    assert parse_queries(text, "q?", "t") == ["a?", "b?", "c?"]
+    assert parse_queries("1. a?", "q?", "t") == ["a?", "q?"]
+    assert parse_queries("no list at all", "q?", "t") == ["q?", "t: q?"]
 
 
 # --- calculator ----------------------------------------------------------------------------------

@@ -41,22 +41,36 @@ class FanInput(BaseModel):
     n: int = 4
     sleep_s: float = 0.2
     flaky: bool = False
+    broken: bool = False  # every try fails
+    stagger: bool = False  # task i sleeps (i + 1) * sleep_s, so they finish one by one
+    progress: tuple[float, float] | None = None
 
 
 @activity("t_work")
-async def t_work(ctx: TaskContext, i: int, sleep_s: float, flaky: bool) -> dict[str, Any]:
+async def t_work(
+    ctx: TaskContext, i: int, sleep_s: float, flaky: bool, broken: bool = False
+) -> dict[str, Any]:
     await ctx.progress(0.5, f"half of {i}")
     await asyncio.sleep(sleep_s)
-    if flaky and getattr(ctx, "try_", 0) == 0:
-        raise RuntimeError(f"flaky {i}")
+    if broken or (flaky and getattr(ctx, "try_", 0) == 0):
+        raise RuntimeError(f"{'broken' if broken else 'flaky'} {i}")
     return {"i": i, "pid": os.getpid()}
 
 
 @workflow("t_fan", Input=FanInput)
 async def t_fan(run: Run, input: FanInput) -> list[Any]:
-    return await run.parallel(
-        [run.task("t_work", i, input.sleep_s, input.flaky, name=f"w{i}") for i in range(input.n)]
-    )
+    tasks = [
+        run.task(
+            "t_work",
+            i,
+            input.sleep_s * (i + 1 if input.stagger else 1),
+            input.flaky,
+            input.broken,
+            name=f"w{i}",
+        )
+        for i in range(input.n)
+    ]
+    return await run.parallel(tasks, progress=input.progress)
 
 
 class LoopInput(BaseModel):

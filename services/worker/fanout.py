@@ -10,6 +10,14 @@ only a doorbell: after every wake-up (or every second at most) the run reads the
 pipeline: committed results and failures, live task leases, queued jobs. A task that is neither
 committed, leased nor queued lost its worker: it is re-enqueued with the next try
 (`task_retrying`). Deterministic job ids make racing re-enqueues harmless.
+
+Progress over a span (`run.parallel(..., progress=(start, end))`): the run counts the committed
+results it reads after each wake-up and publishes a `task_progress` event at
+`start + (end - start) * done / n` whenever the count grew, through its fenced publisher; the
+script keeps the run's progress monotonic. Each task's spec also carries its share, so a task's
+own `ctx.progress(fraction)` asks for `start + share * fraction` on the event it publishes anyway
+(see `TaskExecution.progress`): a lower bound of the true sum, so it never overshoots; it moves
+the bar before the first task completes and inside a one-task fan-out, at no extra round trip.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from shared import codec
 from shared.events import EventType
 from shared.jobs import TASK_JOB, task_job_id
 from shared.workflow import TaskSpec, get_activity
+
+from .run import failed_message, retrying_message
 
 if TYPE_CHECKING:
     from .run import RunHandle
@@ -36,12 +46,18 @@ class TaskFailed(Exception):
     """A fanned-out task failed after its retries."""
 
 
-async def run_parallel(run: RunHandle, group: str, specs: Sequence[TaskSpec]) -> list[Any]:
+async def run_parallel(
+    run: RunHandle,
+    group: str,
+    specs: Sequence[TaskSpec],
+    span: tuple[float, float] | None = None,
+) -> list[Any]:
     engine = run.engine
     keys, redis = engine.keys, engine.redis
     ids = [f"{group}.{i}" for i in range(len(specs))]
     if not ids:
         return []
+    meter = _Meter(run, span, len(ids))
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for tid in ids:
@@ -50,6 +66,7 @@ async def run_parallel(run: RunHandle, group: str, specs: Sequence[TaskSpec]) ->
         elif f"fail:{tid}" in run.steps:
             failed[tid] = codec.loads(run.steps[f"fail:{tid}"]).get("error", "failed")
     pending = [tid for tid in ids if tid not in results and tid not in failed]
+    await meter.report(len(results))
     if pending:
         await run.checkpoint()
         by_id = dict(zip(ids, specs, strict=True))
@@ -60,7 +77,7 @@ async def run_parallel(run: RunHandle, group: str, specs: Sequence[TaskSpec]) ->
             pipe.delete(keys.done(run.run_id))
             pipe.hset(
                 keys.tasks(run.run_id),
-                mapping={tid: codec.dumps(_spec_json(by_id[tid])) for tid in pending},
+                mapping={tid: codec.dumps(_spec_json(by_id[tid], meter.share)) for tid in pending},
             )
             for tid in pending:
                 await engine.queue.enqueue(
@@ -73,7 +90,7 @@ async def run_parallel(run: RunHandle, group: str, specs: Sequence[TaskSpec]) ->
                     client=pipe,
                 )
             await pipe.execute()
-        await _wait(run, by_id, tries, results, failed)
+        await _wait(run, by_id, tries, results, failed, meter)
     if failed:
         first = next(tid for tid in ids if tid in failed)
         raise TaskFailed(f"task {first} failed: {failed[first]}")
@@ -88,6 +105,7 @@ async def _wait(
     tries: dict[str, int],
     results: dict[str, Any],
     failed: dict[str, str],
+    meter: _Meter,
 ) -> None:
     engine = run.engine
     keys, redis = engine.keys, engine.redis
@@ -119,15 +137,19 @@ async def _wait(
                 tries[tid] += 1  # its execution scheduled a retry
             elif not leased and queued is None:
                 lost.append(tid)
+        await meter.report(len(results))
         for tid in lost:
             tries[tid] += 1
             if tries[tid] > specs[tid].retries + _LOST_EXTRA:
-                failed[tid] = await _give_up(run, tid, tries[tid])
+                failed[tid] = await _give_up(run, specs[tid], tid, tries[tid])
                 del tries[tid]
                 continue
+            name = specs[tid].name or specs[tid].activity
+            limit = specs[tid].retries + _LOST_EXTRA + 1
             await run.publisher.send(
                 EventType.TASK_RETRYING,
-                "its worker was lost; enqueued again",
+                retrying_message(name, tries[tid] + 1, limit, "its worker was lost"),
+                task=name,
                 task_id=tid,
                 data={"try": tries[tid], "reason": "worker_lost"},
             )
@@ -145,22 +167,60 @@ async def _wait(
         await asyncio.sleep(0)
 
 
-async def _give_up(run: RunHandle, tid: str, tries: int) -> str:
+async def _give_up(run: RunHandle, spec: TaskSpec, tid: str, tries: int) -> str:
     """A task whose executions keep dying (say, it crashes its worker) fails for good."""
     error = f"its worker was lost {tries} times"
+    name = spec.name or spec.activity
     cmd = run.publisher.command(
-        EventType.TASK_FAILED, error, task_id=tid, data={"error": error, "try": tries}
+        EventType.TASK_FAILED,
+        failed_message(name, error),
+        task=name,
+        task_id=tid,
+        data={"error": error, "try": tries},
     )
     steps = run.engine.keys.steps(run.run_id)
     await run.publisher.commit(cmd, steps, f"fail:{tid}", codec.dumps_str({"error": error}))
     return error
 
 
-def _spec_json(spec: TaskSpec) -> dict[str, Any]:
+def _spec_json(spec: TaskSpec, share: tuple[float, float] | None) -> dict[str, Any]:
     return {
         "activity": spec.activity,
         "args": list(spec.args),
         "kwargs": spec.kwargs,
         "name": spec.name or spec.activity,
         "retries": spec.retries,
+        "span": share,
     }
+
+
+class _Meter:
+    """The run's progress over a fan-out's span: one event each time the done count grows."""
+
+    def __init__(self, run: RunHandle, span: tuple[float, float] | None, total: int) -> None:
+        if span is not None and not 0 <= span[0] <= span[1] <= 100:
+            raise ValueError(f"a progress span goes from low to high within 0..100, not {span}")
+        self.run = run
+        self.span = span
+        self.total = total
+        self.done = -1
+
+    @property
+    def share(self) -> tuple[float, float] | None:
+        """What one task is worth, as the span `(start, start + (end - start) / n)`."""
+        if self.span is None:
+            return None
+        start, end = self.span
+        return (start, start + (end - start) / self.total)
+
+    async def report(self, done: int) -> None:
+        if self.span is None or done <= self.done:
+            return
+        self.done = done
+        start, end = self.span
+        await self.run.publisher.send(
+            EventType.TASK_PROGRESS,
+            f"{done} of {self.total} tasks done",
+            progress=start + (end - start) * done / self.total,
+            data={"done": done, "total": self.total},
+        )

@@ -37,7 +37,14 @@ if TYPE_CHECKING:
     from .context import Engine
     from .llm import LLM
 
-__all__ = ["RunHandle", "describe_error"]
+__all__ = [
+    "RunHandle",
+    "completed_message",
+    "describe_error",
+    "failed_message",
+    "retrying_message",
+    "started_message",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -151,20 +158,32 @@ class RunHandle:
         if key in self.steps:
             return codec.loads(self.steps[key])  # type: ignore[no-any-return]
         await self.checkpoint()
-        await self.publisher.send(EventType.TASK_STARTED, task=key, task_id=key)
+        await self.publisher.send(
+            EventType.TASK_STARTED, started_message(key), task=key, task_id=key
+        )
         try:
             result = await fn(*args, **kwargs)
         except (Fenced, RunFinished):
             raise
         except Exception as exc:
+            error = describe_error(exc)
             await self.publisher.send(
-                EventType.TASK_FAILED, describe_error(exc), task=key, task_id=key, wait=True
+                EventType.TASK_FAILED,
+                failed_message(key, error),
+                task=key,
+                task_id=key,
+                data={"error": error},
+                wait=True,
             )
             raise
         value = codec.dumps(result)
         parsed = codec.loads(value)
         cmd = self.publisher.command(
-            EventType.TASK_COMPLETED, task=key, task_id=key, data={"result": parsed}
+            EventType.TASK_COMPLETED,
+            completed_message(key),
+            task=key,
+            task_id=key,
+            data={"result": parsed},
         )
         await self.publisher.commit(cmd, self.engine.keys.steps(self.run_id), key, value.decode())
         self.steps[key] = value
@@ -175,11 +194,13 @@ class RunHandle:
     ) -> TaskSpec:
         return TaskSpec(activity, args, kwargs, name or activity, retries)
 
-    async def parallel(self, tasks: Sequence[TaskSpec]) -> list[Any]:
+    async def parallel(
+        self, tasks: Sequence[TaskSpec], *, progress: tuple[float, float] | None = None
+    ) -> list[Any]:
         from .fanout import run_parallel
 
         self._parallels += 1
-        return await run_parallel(self, f"p{self._parallels}", tasks)
+        return await run_parallel(self, f"p{self._parallels}", tasks, progress)
 
     async def progress(self, percent: float, message: str = "", **data: Any) -> None:
         await self.publisher.send(
@@ -263,6 +284,26 @@ class RunHandle:
 def describe_error(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# The task events' messages, worded as the seed's event log shows them.
+
+
+def started_message(name: str) -> str:
+    return f"Starting task: {name}"
+
+
+def completed_message(name: str) -> str:
+    return f"Completed: {name}"
+
+
+def failed_message(name: str, error: str) -> str:
+    return f"Task failed: {name} - {error}"
+
+
+def retrying_message(name: str, next_try: int, tries: int, error: str) -> str:
+    """`next_try` and `tries` count from 1: the first retry is try 2 of `retries + 1`."""
+    return f"Retrying {name} (try {next_try} of {tries}): {error}"
 
 
 def _conforms(handle: RunHandle) -> Run:

@@ -24,6 +24,13 @@ from shared.settings import Settings
 from shared.workflow import TaskContext, get_activity
 
 from .publisher import Publisher
+from .run import (
+    completed_message,
+    describe_error,
+    failed_message,
+    retrying_message,
+    started_message,
+)
 from .tokens import stream_tokens
 
 if TYPE_CHECKING:
@@ -78,12 +85,21 @@ class TaskExecution:
     # -- TaskContext ----------------------------------------------------------------------------
 
     async def progress(self, fraction: float, message: str = "", **data: Any) -> None:
+        fraction = max(0.0, min(1.0, fraction))
+        overall = None
+        if self.spec.get("span"):
+            # The run's share for this task: `start + share * fraction` is a lower bound of the
+            # fan-out's true progress (the sum over its tasks), so asking for it never overshoots,
+            # and it rides on this event: no extra round trip.
+            start, end = self.spec["span"]
+            overall = start + (end - start) * fraction
         await self.publisher.send(
             EventType.TASK_PROGRESS,
             message,
             task=self.name,
             task_id=self.task_id,
-            data={"fraction": max(0.0, min(1.0, fraction)), **data},
+            progress=overall,
+            data={"fraction": fraction, **data},
         )
 
     async def emit(self, type: EventType, message: str = "", **data: Any) -> None:
@@ -125,6 +141,7 @@ class TaskExecution:
     async def execute(self) -> None:
         await self.publisher.send(
             EventType.TASK_STARTED,
+            started_message(self.name),
             task=self.name,
             task_id=self.task_id,
             data={"worker": self.engine.name, "try": self.try_},
@@ -147,6 +164,7 @@ class TaskExecution:
         value = codec.dumps(result)
         cmd = self.publisher.command(
             EventType.TASK_COMPLETED,
+            completed_message(self.name),
             task=self.name,
             task_id=self.task_id,
             data={"result": codec.loads(value), "worker": self.engine.name, "try": self.try_},
@@ -156,12 +174,12 @@ class TaskExecution:
         )
 
     async def _failed(self, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        error = describe_error(exc)
         retries = int(self.spec.get("retries", 0))
         if self.try_ < retries:
             await self.publisher.send(
                 EventType.TASK_RETRYING,
-                error,
+                retrying_message(self.name, self.try_ + 2, retries + 1, error),
                 task=self.name,
                 task_id=self.task_id,
                 data={"try": self.try_ + 1, "error": error},
@@ -171,7 +189,7 @@ class TaskExecution:
             return
         cmd = self.publisher.command(
             EventType.TASK_FAILED,
-            error,
+            failed_message(self.name, error),
             task=self.name,
             task_id=self.task_id,
             data={"error": error, "try": self.try_},

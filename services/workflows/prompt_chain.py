@@ -7,7 +7,9 @@ The input model rejects duplicate names, unknown dependencies and cycles, so a b
 422 at submission and never a half-run workflow.
 
 Tasks run layer by layer: every task whose dependencies are all done goes into one
-`run.parallel`, so independent prompts run side by side on the worker pool.
+`run.parallel`, so independent prompts run side by side on the worker pool. The layers share the
+progress bar (0-100 %) in proportion to their task counts, so every prompt is worth the same and
+the bar moves as each one completes.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ async def prompt_chain(run: Run, input: ChainInput) -> dict[str, str]:
     total = len(input.tasks)
     await run.progress(0, f"{total} tasks in {len(plan)} layers")
     for n, layer in enumerate(plan, start=1):
+        span = (100 * len(outputs) / total, 100 * (len(outputs) + len(layer)) / total)
         await run.emit(
             EventType.ITERATION_STARTED,
             f"Layer {n}/{len(plan)}: {', '.join(layer)}",
@@ -116,12 +119,12 @@ async def prompt_chain(run: Run, input: ChainInput) -> dict[str, str]:
             run.task("chain_prompt", render(by_name[name].prompt, outputs), input.system, name=name)
             for name in layer
         ]
-        results: list[Any] = await run.parallel(specs)
+        results: list[Any] = await run.parallel(specs, progress=span)
         outputs.update({name: str(text) for name, text in zip(layer, results, strict=True)})
         await run.emit(
             EventType.ITERATION_COMPLETED,
             f"Layer {n}/{len(plan)} done",
-            progress=100 * len(outputs) / total,
+            progress=span[1],
             data={"iteration": n, "outputs": {k: outputs[k] for k in layer}, **info},
         )
     return {t.name: outputs[t.name] for t in input.tasks}
