@@ -7,6 +7,7 @@ when one fails). Everything it starts is stopped by pid when the block ends.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -58,7 +59,8 @@ def percentile(values: list[float], pct: float) -> float:
     if not values:
         raise ValueError("no samples")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    # The smallest value with at least `pct` % of the samples at or below it.
+    rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered) - 1e-9)))
     return ordered[rank - 1]
 
 

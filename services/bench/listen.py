@@ -1,17 +1,21 @@
-"""Waiting for pub/sub messages with a deadline, timestamped on arrival."""
+"""Waiting for pub/sub messages with a deadline, timestamped on arrival, and for workers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+
+from shared.keys import Keys
 
 from .harness import BenchError
 
-__all__ = ["next_matching"]
+__all__ = ["next_matching", "wait_workers"]
 
 
 async def next_matching(
@@ -31,3 +35,14 @@ async def next_matching(
         if isinstance(body, dict) and match(body):
             return arrived, body
     raise BenchError(f"no {what} within {timeout:.0f}s")
+
+
+async def wait_workers(redis: Redis, keys: Keys, n: int, timeout: float = 30.0) -> None:
+    """Until `n` workers listen on the doorbell channel (each subscribes once it is ready)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        [(_, count)] = await redis.pubsub_numsub(keys.wake_channel)
+        if count >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise BenchError(f"{n} workers did not come up within {timeout:.0f} s")

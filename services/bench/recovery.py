@@ -2,11 +2,14 @@
 
 Ours: two Tidings workers (default lease settings), a long `monty` run; once it has started, the
 worker named in the run record is SIGKILLed and we time until the next attempt's
-`workflow_started` (and note when `worker_lost` came). Baseline: plain arq, two workers, a job
-that hangs; its worker is SIGKILLed and we time until the job starts again on the other one. arq
-can only notice through its in-progress key, which expires `job_timeout + 10 s` after the job
-started. A full run measures it with `job_timeout=2 s` (arq's best case; the default 300 s makes
-it 310 s); `--quick` computes it instead of waiting, and says so.
+`workflow_started` (and note when `worker_lost` came). A killed worker's Redis connections vanish
+at once; the other worker's sweeper notices that from CLIENT LIST (after a short grace) and
+reclaims the run without waiting for its lease to lapse. Target: resumed within 3 s.
+Baseline: plain arq, two workers, a job that hangs; its worker is SIGKILLed and we time until the
+job starts again on the other one. arq can only notice through its in-progress key, which
+expires `job_timeout + 10 s` after the job started. A full run measures it with
+`job_timeout=2 s` (arq's best case; the default 300 s makes it 310 s); `--quick` computes it
+instead of waiting, and says so.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .listen import next_matching
 
 __all__ = ["bench_recovery"]
 
+_TARGET_S = 3.0
 _ARQ_JOB_TIMEOUT_S = 2.0
 _ARQ_EXTRA_S = 10.0  # arq's in-progress key outlives the job timeout by this much
 _LONG = {"min_sleep_s": 600, "max_sleep_s": 600}
@@ -140,8 +144,8 @@ async def bench_recovery(srv: Servers, quick: bool) -> Result:
         baseline=baseline,
         baseline_label=label,
         ratio=baseline / figure,
-        target="lease-bound (seconds), not job timeout + 10 s",
-        met=figure < _ARQ_JOB_TIMEOUT_S + _ARQ_EXTRA_S,
+        target=f"<= {_TARGET_S:.0f} s",
+        met=figure <= _TARGET_S,
         details={
             "samples": len(resumed),
             "to_worker_lost_s": lost,
@@ -150,7 +154,10 @@ async def bench_recovery(srv: Servers, quick: bool) -> Result:
             "arq_default_s": 300 + _ARQ_EXTRA_S,
         },
         notes=[
-            f"worker_lost after {statistics.median(lost):.2f} s (median of {len(lost)})",
+            f"worker_lost after {statistics.median(lost):.2f} s, next attempt started after "
+            f"{figure:.2f} s (medians of {len(lost)}; all: "
+            + ", ".join(f"{s:.2f}" for s in resumed)
+            + " s); the sweeper sees the killed worker's Redis connections vanish",
             f"arq with its default job_timeout (300 s) would wait {300 + _ARQ_EXTRA_S:.0f} s",
         ],
     )
