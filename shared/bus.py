@@ -1,12 +1,16 @@
 """The event bus: atomic publish into a run's log and channel, and replay from a cursor.
 
-A publish is one EVALSHA (see `publish.lua`): the fence check, the gapless `seq`, the monotonic
-`progress`, the XADD, the run-hash update and both PUBLISHes happen together or not at all, so a
-viewer can never see an event that is not in the log, nor a log entry that was never announced.
-
-`publish_many` pipelines a batch (one round trip, order kept, errors per event); `publish_once`
-adds a checkpoint to the same script (fence, HSETNX, publish), so a step's result and its
+A publish is one EVALSHA of `publish.lua`, for a batch of events of one run: the fence check, the
+gapless `seq`, the monotonic `progress`, the XADDs, the run-hash update and the PUBLISHes happen
+together or not at all, so a viewer can never see an event that is not in the log, nor a log
+entry that was never announced. `publish` is a batch of one; `publish_many` groups consecutive
+commands of the same run and attempt into one script call each, all in one pipelined round trip;
+`publish_once` adds a checkpoint (HSETNX) to the same script, so a step's result and its
 `task_completed` are committed together and only once.
+
+Bodies are built as plain dicts and encoded once; an `Event` model is only made for a caller that
+asks for the result. A batch refused as DUPLICATE (the client library resent it after a dropped
+connection, and the first send had landed) counts as published, with ids unknown.
 
 Log entries are stored without their own `id` (the entry ID is the id); `splice_id` puts it back
 when replaying, as bytes, without parsing the JSON.
@@ -18,51 +22,23 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import groupby
 from typing import Any
 
+from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .errors import Fenced, NotFound, RunFinished
-from .events import LIFECYCLE_STATUS, Event, EventType
+from .events import LIFECYCLE_STATUS, Event, EventType, now_iso
 from .keys import Keys
 from .streamid import StreamId, parse_cursor
 
 __all__ = ["Bus", "LogInfo", "PublishCommand", "splice_id"]
 
 _SCRIPT = resources.files(__package__).joinpath("publish.lua").read_text()
-# Fields the script writes itself; the body sent to it must not carry them.
-_SCRIPT_FIELDS = {"id", "seq", "progress"}
-# The same publish, guarded by a checkpoint: KEYS[4] is a hash, the last two ARGV its field and
-# value. Fence and finish are checked before the HSETNX so a zombie commits nothing.
-_ONCE_SCRIPT = (
-    """
-local cp_value = table.remove(ARGV)
-local cp_field = table.remove(ARGV)
-local function publish()
-"""
-    + _SCRIPT
-    + """
-end
-local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'last_uid')
-if not h[2] then
-  return redis.error_reply('NOTFOUND')
-end
-if h[3] == ARGV[11] then
-  return publish()
-end
-if ARGV[1] ~= '' and h[1] ~= ARGV[1] then
-  return redis.error_reply('FENCED ' .. tostring(h[1]))
-end
-if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then
-  return redis.error_reply('FINISHED ' .. h[2])
-end
-if redis.call('HSETNX', KEYS[4], cp_field, cp_value) == 0 then
-  return false
-end
-return publish()
-"""
-)
+
+Outcome = bytes | None | Exception  # a script reply for one event, None = not written (checkpoint)
 
 
 def splice_id(entry_id: bytes, stored: bytes) -> bytes:
@@ -72,16 +48,21 @@ def splice_id(entry_id: bytes, stored: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class PublishCommand:
-    """One prepared publish: the event (without id/seq/progress yet) and the script's input."""
+    """One prepared event: its fields, and its part of the script's arguments."""
 
-    event: Event
-    keys: list[str]
-    argv: list[Any]
+    run_id: str
+    attempt: int | None
+    fields: dict[str, Any]  # the Event's fields but id, seq, progress
+    args: list[Any]  # body, progress, status, message, task, n, n field/value pairs
+    uid: str  # a call led by this command is refused as DUPLICATE if it was sent before
 
-    def result(self, reply: Any) -> Event:
-        entry_id, seq, prog = reply
-        return self.event.model_copy(
-            update={"id": entry_id.decode(), "seq": int(seq), "progress": float(prog)}
+    def result(self, reply: bytes) -> Event:
+        """The published event, from the script's "<id> <seq> <progress>" for it."""
+        if not reply:  # DUPLICATE: published by an earlier send, ids unknown
+            return Event.model_construct(**self.fields, id="", seq=0, progress=0.0)
+        entry_id, seq, progress = reply.split()
+        return Event.model_construct(
+            **self.fields, id=entry_id.decode(), seq=int(seq), progress=float(progress)
         )
 
 
@@ -116,7 +97,6 @@ class Bus:
         self.keys = keys
         self.maxlen = maxlen
         self._script = redis.register_script(_SCRIPT)
-        self._once = redis.register_script(_ONCE_SCRIPT)
 
     def command(
         self,
@@ -131,36 +111,29 @@ class Bus:
         attempt: int | None = None,
         fields: dict[str, str] | None = None,
     ) -> PublishCommand:
-        """The script call for one event, unsent: `publish` sends one, `publish_many` a batch."""
-        event = Event(
-            run_id=run_id,
-            type=type,
-            task_id=task_id,
-            task=task,
-            message=message,
-            data=data,
-            attempt=attempt or 0,
-        )
-        body = event.model_dump_json(exclude=_SCRIPT_FIELDS)
+        """One event, prepared and unsent: `publish` sends one, `publish_many` a batch."""
+        event = {
+            "run_id": run_id,
+            "type": EventType(type),
+            "task_id": task_id,
+            "task": task,
+            "message": message,
+            "data": data,
+            "ts": now_iso(),
+            "attempt": attempt or 0,
+        }
         status = LIFECYCLE_STATUS.get(type)
-        argv: list[Any] = [
-            "" if attempt is None else str(attempt),
-            body,
+        args: list[Any] = [
+            to_json(event),
             "" if progress is None else repr(float(progress)),
-            self.maxlen,
-            self.keys.run_channel(run_id),
-            self.keys.runs_channel,
             status.value if status else "",
-            event.ts,
             message if type is not EventType.TOKEN else "",
             task or "",
-            os.urandom(8).hex(),
-            run_id,
+            len(fields or ()),
         ]
         for key, value in (fields or {}).items():
-            argv += [key, value]
-        keys = [self.keys.run(run_id), self.keys.events(run_id), self.keys.active]
-        return PublishCommand(event, keys, argv)
+            args += [key, value]
+        return PublishCommand(run_id, attempt, event, args, os.urandom(8).hex())
 
     async def publish(
         self,
@@ -192,30 +165,40 @@ class Bus:
             attempt=attempt,
             fields=fields,
         )
-        try:
-            reply = await self._script(keys=cmd.keys, args=cmd.argv)
-        except ResponseError as exc:
-            raise _domain_error(run_id, str(exc)) from None
-        return cmd.result(reply)
+        [outcome] = await self.publish_raw([cmd])
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert outcome is not None
+        return cmd.result(outcome)
 
     async def publish_many(self, commands: Sequence[PublishCommand]) -> list[Event | Exception]:
-        """Send a batch in one pipelined round trip, in order; per command its event or error.
+        """Send a batch in one pipelined round trip, in order; per command its event or error."""
+        outcomes = await self.publish_raw(commands)
+        return [
+            o if isinstance(o, Exception) else cmd.result(o or b"")
+            for cmd, o in zip(commands, outcomes, strict=True)
+        ]
 
-        Not a transaction: each event is still atomic on its own, and order is kept.
+    async def publish_raw(self, commands: Sequence[PublishCommand]) -> list[Outcome]:
+        """`publish_many` without building result models (for callers that only need errors).
+
+        Consecutive commands of one run and attempt go as one script call; the calls go as one
+        pipeline. Each call is atomic; a call that fails (fenced, say) fails all its events.
         """
         if not commands:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for cmd in commands:
-                await self._script(keys=cmd.keys, args=cmd.argv, client=pipe)
-            replies = await pipe.execute(raise_on_error=False)
-        out: list[Event | Exception] = []
-        for cmd, reply in zip(commands, replies, strict=True):
-            if isinstance(reply, ResponseError):
-                out.append(_domain_error(cmd.event.run_id, str(reply)))
-            else:
-                out.append(cmd.result(reply))
-        return out
+        groups = [list(g) for _, g in groupby(commands, key=lambda c: (c.run_id, c.attempt))]
+        if len(groups) == 1:
+            replies: list[Any] = [await self._call(groups[0])]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for group in groups:
+                    await self._call(group, client=pipe)
+                replies = await pipe.execute(raise_on_error=False)
+        outcomes: list[Outcome] = []
+        for group, reply in zip(groups, replies, strict=True):
+            outcomes += _outcomes(group, reply)
+        return outcomes
 
     async def publish_once(
         self, cmd: PublishCommand, checkpoint_key: str, field: str, value: str
@@ -225,13 +208,42 @@ class Bus:
         One script: fence check, HSETNX, then the publish. Returns None when the field was
         already set (someone committed first: nothing published). Same errors as `publish`.
         """
+        [outcome] = _outcomes(
+            [cmd], await self._call([cmd], checkpoint=(checkpoint_key, field, value))
+        )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return None if outcome is None else cmd.result(outcome)
+
+    async def _call(
+        self,
+        group: list[PublishCommand],
+        *,
+        checkpoint: tuple[str, str, str] | None = None,
+        client: Any = None,
+    ) -> Any:
+        """One script call for consecutive events of one run; returns the reply or the error."""
+        first = group[0]
+        run_id = first.run_id
+        ckey, cfield, cvalue = checkpoint or (self.keys.steps(run_id), "", "")
+        keys = [self.keys.run(run_id), self.keys.events(run_id), self.keys.active, ckey]
+        argv: list[Any] = [
+            "" if first.attempt is None else str(first.attempt),
+            self.maxlen,
+            self.keys.run_channel(run_id),
+            self.keys.runs_channel,
+            now_iso(),
+            first.uid,
+            run_id,
+            cfield,
+            cvalue,
+        ]
+        for cmd in group:
+            argv += cmd.args
         try:
-            reply = await self._once(
-                keys=[*cmd.keys, checkpoint_key], args=[*cmd.argv, field, value]
-            )
+            return await self._script(keys=keys, args=argv, client=client)
         except ResponseError as exc:
-            raise _domain_error(cmd.event.run_id, str(exc)) from None
-        return None if reply is None else cmd.result(reply)
+            return exc
 
     async def read(
         self, run_id: str, after: StreamId = (0, 0), count: int = 500
@@ -274,6 +286,19 @@ def _log_info(info: Any) -> LogInfo:
         last_id=entry_id(norm.get("last-entry")),
         added=int(norm.get("entries-added", length)),
     )
+
+
+def _outcomes(group: list[PublishCommand], reply: Any) -> list[Outcome]:
+    """Per event of a script call: its "<id> <seq> <progress>", None, or its error."""
+    run_id = group[0].run_id
+    if isinstance(reply, ResponseError):
+        if str(reply).startswith("DUPLICATE"):
+            return [b""] * len(group)
+        error = _domain_error(run_id, str(reply))
+        return [error] * len(group)
+    if not reply:  # the checkpoint was already set: nothing written
+        return [None] * len(group)
+    return [_domain_error(run_id, r.decode()) if r.startswith(b"FINISHED") else r for r in reply]
 
 
 def _domain_error(run_id: str, reply: str) -> Exception:

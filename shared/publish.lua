@@ -1,76 +1,100 @@
--- Publish one event of a run, atomically and in one round trip:
--- fence check, gapless seq, monotonic progress, XADD to the log, run-hash update, PUBLISH.
+-- Publish a batch of events of one run, atomically and in one round trip. A single publish is a
+-- batch of one; a checkpointed commit is a batch of one with a checkpoint.
 --
--- KEYS[1] run hash          KEYS[2] run event stream        KEYS[3] active-runs zset
--- ARGV[1] fence attempt ('' = no check)     ARGV[2] body: JSON object without id/seq/progress
--- ARGV[3] requested progress ('' = keep)    ARGV[4] log MAXLEN (approximate)
--- ARGV[5] run channel       ARGV[6] lifecycle channel       ARGV[7] new status ('' = keep)
--- ARGV[8] now (ISO 8601)    ARGV[9] message ('' = keep)     ARGV[10] task name ('' = keep)
--- ARGV[11] publish uid (a retried publish with the same uid returns the first result)
--- ARGV[12] run id           ARGV[13..] extra run-hash field/value pairs
--- Returns {stream id, seq, progress}. Errors: NOTFOUND, FENCED <attempt>, FINISHED <status>.
-local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'progress', 'last_uid', 'last_ret')
+-- Per event: gapless seq, monotonic progress, XADD to the log, PUBLISH on the run's channel, and a
+-- lifecycle summary when the status or the whole-percent progress changes. Once per batch: the
+-- fence check, the optional checkpoint (HSETNX), one HSET of the run record.
+--
+-- KEYS[1] run hash   KEYS[2] event stream   KEYS[3] active-runs zset   KEYS[4] checkpoint hash
+-- ARGV[1] fence attempt ('' = no check)     ARGV[2] log MAXLEN (approximate)
+-- ARGV[3] run channel     ARGV[4] lifecycle channel     ARGV[5] now (ISO 8601)
+-- ARGV[6] batch uid (a retried batch is refused as DUPLICATE instead of written twice)
+-- ARGV[7] run id          ARGV[8] checkpoint field ('' = none)     ARGV[9] checkpoint value
+-- then per event, 6 + 2n values: body (JSON object without id/seq/progress), progress ('' = keep),
+-- status ('' = keep), message ('' = keep), task ('' = keep), n, then n run-hash field/value pairs.
+--
+-- Returns one string per event: "<id> <seq> <progress>", or "FINISHED <status>" for an event that
+-- came after the run ended. An empty array: the checkpoint was already set, nothing was written.
+-- Errors: NOTFOUND, FENCED <attempt>, FINISHED <status>, DUPLICATE.
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'progress', 'seq', 'last_uid',
+                     'workflow', 'message', 'created_at', 'started_at', 'finished_at')
 if not h[2] then
   return redis.error_reply('NOTFOUND')
 end
-if h[4] == ARGV[11] and h[5] then
-  local ret = {}
-  for part in string.gmatch(h[5], '%S+') do ret[#ret + 1] = part end
-  return ret
+if h[5] == ARGV[6] then
+  return redis.error_reply('DUPLICATE')
 end
 if ARGV[1] ~= '' and h[1] ~= ARGV[1] then
   return redis.error_reply('FENCED ' .. tostring(h[1]))
 end
+local function ended(s)
+  return s == 'completed' or s == 'failed' or s == 'cancelled'
+end
 local status = h[2]
-if status == 'completed' or status == 'failed' or status == 'cancelled' then
+if ended(status) then
   return redis.error_reply('FINISHED ' .. status)
 end
+if ARGV[8] ~= '' and redis.call('HSETNX', KEYS[4], ARGV[8], ARGV[9]) == 0 then
+  return {}
+end
 
-local old = tonumber(h[3]) or 0
-local progress = old
-local asked = tonumber(ARGV[3])
-if asked then
-  if asked > 100 then asked = 100 end
-  if asked > progress then progress = asked end
-end
-local ps = tostring(progress)
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local stored = '{"seq":' .. seq .. ',"progress":' .. ps .. ',' .. string.sub(ARGV[2], 2)
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', stored)
-redis.call('PUBLISH', ARGV[5], '{"id":"' .. id .. '",' .. string.sub(stored, 2))
-
-local ret = id .. ' ' .. seq .. ' ' .. ps
-local fields = {'progress', ps, 'last_event_id', id, 'updated_at', ARGV[8],
-                'last_uid', ARGV[11], 'last_ret', ret}
-if ARGV[9] ~= '' then
-  fields[#fields + 1] = 'message'; fields[#fields + 1] = ARGV[9]
-end
-if ARGV[10] ~= '' then
-  fields[#fields + 1] = 'task'; fields[#fields + 1] = ARGV[10]
-end
-local new_status = ARGV[7]
-if new_status ~= '' then
-  fields[#fields + 1] = 'status'; fields[#fields + 1] = new_status
-  if new_status == 'running' and not redis.call('HGET', KEYS[1], 'started_at') then
-    fields[#fields + 1] = 'started_at'; fields[#fields + 1] = ARGV[8]
+local progress = tonumber(h[3]) or 0
+local seq = tonumber(h[4]) or 0
+local message, started, finished = h[7] or '', h[9], h[10]
+local fields = {}
+local out = {}
+local last_id = nil
+local i = 10
+while i <= #ARGV do
+  local body, asked, new_status = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local msg, task, n = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+  local first_field = i + 6
+  i = first_field + 2 * n
+  if ended(status) then
+    out[#out + 1] = 'FINISHED ' .. status
+  else
+    local old = progress
+    if asked then
+      if asked > 100 then asked = 100 end
+      if asked > progress then progress = asked end
+    end
+    seq = seq + 1
+    local ps = tostring(progress)
+    local stored = '{"seq":' .. seq .. ',"progress":' .. ps .. ',' .. string.sub(body, 2)
+    last_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', stored)
+    redis.call('PUBLISH', ARGV[3], '{"id":"' .. last_id .. '",' .. string.sub(stored, 2))
+    out[#out + 1] = last_id .. ' ' .. seq .. ' ' .. ps
+    if msg ~= '' then message = msg end
+    if task ~= '' then fields['task'] = task end
+    for j = first_field, i - 1, 2 do
+      fields[ARGV[j]] = ARGV[j + 1]
+    end
+    local changed = new_status ~= '' and new_status ~= status
+    if new_status ~= '' then
+      status = new_status
+      if status == 'running' and not started then started = ARGV[5] end
+      if ended(status) then
+        finished = ARGV[5]
+        redis.call('ZREM', KEYS[3], ARGV[7])
+      end
+    end
+    if changed or math.floor(progress) ~= math.floor(old) then
+      redis.call('PUBLISH', ARGV[4], cjson.encode({
+        run_id = ARGV[7], workflow = h[6], status = status, progress = progress,
+        message = message, seq = seq, created_at = h[8] or '', started_at = started or '',
+        finished_at = finished or ''}))
+    end
   end
-  if new_status == 'completed' or new_status == 'failed' or new_status == 'cancelled' then
-    fields[#fields + 1] = 'finished_at'; fields[#fields + 1] = ARGV[8]
-    redis.call('ZREM', KEYS[3], ARGV[12])
-  end
 end
-for i = 13, #ARGV, 2 do
-  fields[#fields + 1] = ARGV[i]; fields[#fields + 1] = ARGV[i + 1]
-end
-redis.call('HSET', KEYS[1], unpack(fields))
 
--- Lifecycle summaries: on a status change, or when whole-percent progress moves.
-if (new_status ~= '' and new_status ~= status) or math.floor(progress) ~= math.floor(old) then
-  local r = redis.call('HMGET', KEYS[1], 'workflow', 'status', 'message', 'created_at',
-                       'started_at', 'finished_at')
-  redis.call('PUBLISH', ARGV[6], cjson.encode({
-    run_id = ARGV[12], workflow = r[1], status = r[2], progress = progress,
-    message = r[3] or '', seq = seq, created_at = r[4] or '', started_at = r[5] or '',
-    finished_at = r[6] or ''}))
+if last_id then
+  local hset = {'seq', seq, 'progress', tostring(progress), 'status', status, 'message', message,
+                'last_event_id', last_id, 'updated_at', ARGV[5], 'last_uid', ARGV[6]}
+  if started then hset[#hset + 1] = 'started_at'; hset[#hset + 1] = started end
+  if finished then hset[#hset + 1] = 'finished_at'; hset[#hset + 1] = finished end
+  for k, v in pairs(fields) do
+    hset[#hset + 1] = k; hset[#hset + 1] = v
+  end
+  redis.call('HSET', KEYS[1], unpack(hset))
 end
-return {id, tostring(seq), ps}
+return out

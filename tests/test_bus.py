@@ -158,3 +158,72 @@ async def test_schema_is_stamped_once_and_a_foreign_version_refused(
     await redis.set(keys.schema, SCHEMA_VERSION + 1)
     with pytest.raises(ValueError, match="schema"):
         await ensure_schema(redis, keys)
+
+
+async def _evalsha_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_batch_of_one_run_is_one_script_call(bus: Bus, store: RunStore) -> None:
+    run = await store.create("demo", None)
+    await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, attempt=1)  # loads the script
+    before = await _evalsha_calls(bus.redis)
+    cmds = [
+        bus.command(run.run_id, EventType.TOKEN, data={"text": str(i)}, progress=i / 5, attempt=1)
+        for i in range(500)
+    ]
+    events = await bus.publish_many(cmds)
+    assert await _evalsha_calls(bus.redis) - before == 1
+    assert [e.seq for e in events if isinstance(e, Event)] == list(range(2, 502))
+    logged = await bus.events(run.run_id, limit=1000)
+    assert [e.data for e in logged[1:]] == [{"text": str(i)} for i in range(500)]
+    assert [e.progress for e in logged[1:]] == [i / 5 for i in range(500)]
+    rec = await store.get(run.run_id)
+    assert (rec.seq, rec.progress, rec.last_event_id) == (501, 99.8, logged[-1].id)
+
+
+async def test_events_after_a_terminal_event_in_the_same_batch_are_refused(
+    bus: Bus, store: RunStore
+) -> None:
+    run = await store.create("demo", None)
+    outcomes = await bus.publish_many(
+        [
+            bus.command(run.run_id, EventType.WORKFLOW_STARTED),
+            bus.command(run.run_id, EventType.WORKFLOW_COMPLETED, fields={"result": "7"}),
+            bus.command(run.run_id, EventType.LOG, "late"),
+        ]
+    )
+    assert [type(o) for o in outcomes] == [Event, Event, RunFinished]
+    rec = await store.get(run.run_id)
+    assert rec.status is RunStatus.COMPLETED and rec.result == 7 and rec.seq == 2
+
+
+async def test_a_fenced_batch_writes_nothing(
+    bus: Bus, store: RunStore, redis: Redis, keys: Keys
+) -> None:
+    run = await store.create("demo", None)
+    await redis.hset(keys.run(run.run_id), "attempt", "2")
+    outcomes = await bus.publish_many(
+        [bus.command(run.run_id, EventType.LOG, str(i), attempt=1) for i in range(3)]
+    )
+    assert all(isinstance(o, Fenced) for o in outcomes)
+    assert await bus.read(run.run_id) == []
+
+
+async def test_batches_of_several_runs_keep_each_runs_order(bus: Bus, store: RunStore) -> None:
+    a, b = await store.create("demo", None), await store.create("demo", None)
+    cmds = [bus.command(r.run_id, EventType.LOG, str(i)) for i in range(4) for r in (a, b, b)]
+    outcomes = await bus.publish_many(cmds)
+    assert not any(isinstance(o, Exception) for o in outcomes)
+    assert [e.message for e in await bus.events(a.run_id)] == ["0", "1", "2", "3"]
+    assert [e.message for e in await bus.events(b.run_id)] == [
+        "0",
+        "0",
+        "1",
+        "1",
+        "2",
+        "2",
+        "3",
+        "3",
+    ]

@@ -25,8 +25,10 @@ async def test_publish_once_commits_and_announces_exactly_once(
     assert second is None
     assert await redis.hget(steps, "plan") == b'{"v":1}'
     assert [e.type for e in await bus.events(run.run_id)] == [EventType.TASK_COMPLETED]
-    # A retried call (same uid) returns the first result instead of None.
-    assert await bus.publish_once(cmd, steps, "plan", '{"v":1}') == first
+    # A resent call (same command, same uid) counts as committed, and writes nothing twice.
+    resent = await bus.publish_once(cmd, steps, "plan", '{"v":1}')
+    assert resent is not None and resent.type is EventType.TASK_COMPLETED
+    assert len(await bus.events(run.run_id)) == 1
 
 
 async def test_publish_once_from_a_stale_attempt_commits_nothing(

@@ -1,9 +1,11 @@
 """Per-run event publishing, pipelined: many events, few round trips, order kept.
 
 `send` queues an event and returns at once unless asked to wait; one flusher task sends whatever
-has queued up as a single pipeline (`Bus.publish_many`). A run emitting in a tight loop therefore
-pays one round trip per batch instead of one per event, which is what lets one worker publish tens
-of thousands of events per second. Back-pressure: past `_HIGH_WATER` queued events `send` waits.
+has queued up as one script call (`Bus.publish_raw`: a batch of one run's events is one EVALSHA).
+A run emitting in a tight loop therefore pays one round trip and one script per batch instead of
+one per event, which is what lets one worker publish tens of thousands of events per second.
+Result models are built only for the callers that wait for them. Back-pressure: past `_HIGH_WATER`
+queued events `send` waits.
 
 Errors are sticky: the first failure (`Fenced` when another attempt owns the run, `RunFinished`
 when it was cancelled under us) is remembered, reported to `on_error` once, and raised by every
@@ -98,7 +100,7 @@ class Publisher:
             batch = self._pending[:_BATCH]
             del self._pending[:_BATCH]
             try:
-                results = await self.bus.publish_many([cmd for cmd, _ in batch])
+                results = await self.bus.publish_raw([cmd for cmd, _ in batch])
             except asyncio.CancelledError:
                 for _, fut in batch:
                     if fut is not None and not fut.done():
@@ -106,13 +108,13 @@ class Publisher:
                 raise
             except Exception as exc:  # connection trouble: every event of the batch failed
                 results = [exc] * len(batch)
-            for (_, fut), res in zip(batch, results, strict=True):
+            for (cmd, fut), res in zip(batch, results, strict=True):
                 if isinstance(res, Exception):
                     self._fail(res)
                     if fut is not None and not fut.done():
                         fut.set_exception(res)
                 elif fut is not None and not fut.done():
-                    fut.set_result(res)
+                    fut.set_result(cmd.result(res or b""))
         if self.error is not None:
             for _, fut in self._pending:
                 if fut is not None and not fut.done():
