@@ -14,12 +14,15 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from shared.bus import Bus
+from shared.control import Control
 from shared.embedded import EmbeddedValkey
 from shared.keys import Keys
 from shared.redis import connect
@@ -139,3 +142,31 @@ def settings_env(settings: Settings) -> Callable[..., dict[str, str]]:
         return env
 
     return make
+
+
+@pytest.fixture
+def control(redis: Redis, keys: Keys, bus: Bus, settings: Settings) -> Control:
+    return Control(redis, keys, bus, settings)
+
+
+@pytest.fixture
+def workers(
+    processes: Processes, settings_env: Callable[..., dict[str, str]], redis: Redis, keys: Keys
+) -> Callable[..., Any]:
+    """`await workers(n, **settings)`: n worker processes on this test's namespace, listening."""
+    from tests.engine_helpers import FAST_LEASES, start_workers
+
+    async def start(n: int = 1, **settings: object) -> Any:
+        return await start_workers(
+            processes, settings_env, redis, keys, n, **{**FAST_LEASES, **settings}
+        )
+
+    return start
+
+
+@pytest.fixture
+def gateway_factory(processes: Processes, settings_env: Callable[..., dict[str, str]]) -> Any:
+    """`await gateway_factory(**settings)`: a gateway process on a free port, once ready."""
+    from tests.test_gateway_support import start_gateway
+
+    return partial(start_gateway, processes, settings_env)

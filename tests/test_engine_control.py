@@ -15,12 +15,6 @@ from shared.errors import BadCursor, Conflict, InvalidInput, NotFound
 from shared.events import EventType, RunStatus
 from shared.jobs import RUN_JOB, job_key, run_job_id
 from shared.keys import Keys
-from shared.settings import Settings
-
-
-@pytest.fixture
-def control(redis: Redis, keys: Keys, bus: Bus, settings: Settings) -> Control:
-    return Control(redis, keys, bus, settings)
 
 
 async def test_start_records_the_run_and_enqueues_a_json_job(

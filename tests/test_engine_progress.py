@@ -3,36 +3,13 @@ fans out, and token events that name their model. Real worker processes, a real 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import pytest
-from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401
 from shared.bus import Bus
 from shared.control import Control
 from shared.events import Event, EventType
-from shared.keys import Keys
-from shared.settings import Settings
-from tests.engine_helpers import FAST_LEASES, all_events, of_type, start_workers, wait_terminal
-
-
-@pytest.fixture
-def control(redis: Redis, keys: Keys, bus: Bus, settings: Settings) -> Control:
-    return Control(redis, keys, bus, settings)
-
-
-@pytest.fixture
-def workers(
-    processes: Any, settings_env: Callable[..., dict[str, str]], redis: Redis, keys: Keys
-) -> Callable[..., Any]:
-    async def start(n: int = 1, **settings: object) -> Any:
-        return await start_workers(
-            processes, settings_env, redis, keys, n, **{**FAST_LEASES, **settings}
-        )
-
-    return start
+from tests.engine_helpers import all_events, of_type, wait_terminal
 
 
 def _messages(events: list[Event], type: EventType, task: str) -> list[str]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from functools import partial
+from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 import uvicorn
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -24,22 +22,12 @@ from shared.embedded import free_port
 from shared.events import EventType
 from shared.keys import Keys
 from shared.runs import RunStore
-from tests.conftest import Processes
 from tests.test_gateway_support import (
     Gateway,
     GatewayFactory,
     events_of,
-    start_gateway,
     wait_for,
 )
-
-
-@pytest.fixture
-def gateway_factory(
-    processes: Processes, settings_env: Callable[..., dict[str, str]]
-) -> GatewayFactory:
-    return partial(start_gateway, processes, settings_env)
-
 
 JSON = {"Accept": "application/json"}
 

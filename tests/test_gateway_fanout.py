@@ -5,32 +5,21 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import psutil  # type: ignore[import-untyped]
-import pytest
 from redis.asyncio import Redis
 
 from shared.bus import Bus
 from shared.events import EventType
 from shared.keys import Keys
 from shared.runs import RunStore
-from tests.conftest import Processes
 from tests.test_gateway_support import (
     Gateway,
     GatewayFactory,
     RawStream,
     events_of,
-    start_gateway,
     wait_for,
 )
-
-
-@pytest.fixture
-def gateway_factory(
-    processes: Processes, settings_env: Callable[..., dict[str, str]]
-) -> GatewayFactory:
-    return partial(start_gateway, processes, settings_env)
 
 
 async def test_500_viewers_receive_the_identical_gapless_sequence_and_the_end(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from functools import partial
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,11 @@ from shared.events import Event, EventType
 from shared.keys import Keys
 from shared.redis import connect
 from shared.runs import RunStore
-from tests.conftest import Processes
 from tests.test_gateway_support import (
     GatewayFactory,
     events_of,
-    start_gateway,
     wait_for,
 )
-
-
-@pytest.fixture
-def gateway_factory(
-    processes: Processes, settings_env: Callable[..., dict[str, str]]
-) -> GatewayFactory:
-    return partial(start_gateway, processes, settings_env)
 
 
 @pytest.fixture

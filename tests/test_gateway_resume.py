@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from functools import partial
 
-import pytest
 from redis.asyncio import Redis
 
 from shared.bus import Bus
 from shared.events import EventType
 from shared.keys import Keys
 from shared.runs import RunStore
-from tests.conftest import Processes
 from tests.test_gateway_support import (
     Gateway,
     GatewayFactory,
     events_of,
-    start_gateway,
     wait_for,
 )
-
-
-@pytest.fixture
-def gateway_factory(
-    processes: Processes, settings_env: Callable[..., dict[str, str]]
-) -> GatewayFactory:
-    return partial(start_gateway, processes, settings_env)
 
 
 async def _publish(bus: Bus, run_id: str, n: int, start: int = 0) -> None:

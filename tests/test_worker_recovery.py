@@ -17,7 +17,6 @@ from shared.bus import Bus
 from shared.control import Control
 from shared.events import Event, EventType, RunStatus
 from shared.keys import Keys
-from shared.settings import Settings
 from tests.engine_helpers import (
     FAST_LEASES,
     all_events,
@@ -30,11 +29,6 @@ from tests.engine_helpers import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def control(redis: Redis, keys: Keys, bus: Bus, settings: Settings) -> Control:
-    return Control(redis, keys, bus, settings)
 
 
 async def _two_workers(
