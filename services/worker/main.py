@@ -30,7 +30,8 @@ __all__ = ["TEST_WORKFLOWS_ENV", "run_worker", "serve"]
 
 logger = logging.getLogger(__name__)
 
-# Reserved for the test suite: a module of extra workflows the worker imports at start.
+# A module of extra workflows the worker imports at start: the test suite's and the benchmarks'
+# fixtures. Kept out of Settings (`TIDINGS_TEST_*` is reserved) so no deployment depends on it.
 TEST_WORKFLOWS_ENV = "TIDINGS_TEST_WORKFLOWS"
 _HANDBACK_TIMEOUT_S = 3.0
 _CLOSE_TIMEOUT_S = 2.0
