@@ -6,8 +6,8 @@ Decisions worth knowing:
   makes it UNSUBSCRIBE. A single writer task reconciles "channels wanted" with "channels
   subscribed", so a viewer that leaves and a viewer that arrives at once cause no churn, and a
   SUBSCRIBE/UNSUBSCRIBE race can never mark a channel live before the server confirms it.
-- Each incoming event is parsed once (id, type, terminal flag, no full JSON decode) and encoded to
-  SSE bytes once; the same `Message` object goes into every viewer's buffer.
+- Each incoming event is parsed once and encoded to SSE bytes once (`messages.py`); the same
+  `Message` object goes into every viewer's buffer.
 - A viewer's buffer is bounded. When it would overflow it is dropped and the viewer is marked
   *lagging*; its sender then replays from the log from its own cursor. Every subscription starts
   lagging, so a first connect, a slow viewer and a pub/sub reconnect are the same code path:
@@ -23,103 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import re
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import sse
-from shared.errors import BadCursor
-from shared.events import TERMINAL_TYPES
 from shared.keys import Keys
-from shared.streamid import StreamId, parse_cursor
 
+from .messages import Message, event_message, summary_message
 from .metrics import Stats
 
-__all__ = ["REDIS_DOWN", "Hub", "Message", "Render", "Subscription", "describe", "frame"]
+__all__ = ["REDIS_DOWN", "Hub", "Subscription"]
 
 log = logging.getLogger(__name__)
 
-Render = Callable[[bytes], bytes | None]
-
-# The published JSON is `{"id":"…","seq":…,"progress":…,"run_id":"…","type":"…",…}`: the first
-# `"type"` key is the event's own (run ids cannot contain quotes), so a regex finds it without a
-# full decode. Anything unexpected falls back to json.
-_TYPE = re.compile(rb'"type":"([a-z_]{1,40})"')
-_ID_PREFIX = b'{"id":"'
-_TERMINAL = frozenset(t.value.encode() for t in TERMINAL_TYPES)
-_MAX_RENDER_CACHE = 8
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # A server that accepts TCP but never answers (frozen, half-partitioned) must not hang the hub.
 _CONNECT_TIMEOUT_S = 5.0
-
-
-def describe(raw: bytes) -> tuple[bytes, bytes]:
-    """(id, type) of one published event JSON, both as bytes."""
-    match = _TYPE.search(raw)
-    if raw.startswith(_ID_PREFIX) and match:
-        end = raw.find(b'"', len(_ID_PREFIX))
-        return raw[len(_ID_PREFIX) : end], match.group(1)
-    obj: Any = json.loads(raw)
-    etype = str(obj.get("type", "message"))
-    if not re.fullmatch(r"[a-z_]{1,40}", etype):
-        etype = "message"
-    return str(obj.get("id", "")).encode(), etype.encode()
-
-
-def frame(eid: bytes, etype: bytes, raw: bytes) -> bytes:
-    """The native SSE encoding of one event: `id:`, `event:`, `data:`."""
-    if b"\n" in raw or b"\r" in raw:  # never from a JSON encoder, but stay correct
-        return sse.encode(raw, event=etype.decode(), id=eid.decode())
-    return b"id: " + eid + b"\nevent: " + etype + b"\ndata: " + raw + b"\n\n"
-
-
-class Message:
-    """One event as every viewer receives it: parsed and encoded once."""
-
-    __slots__ = ("_cache", "id", "raw", "sse", "terminal")
-
-    def __init__(self, id: StreamId | None, raw: bytes, sse: bytes, terminal: bool) -> None:
-        self.id = id
-        self.raw = raw
-        self.sse = sse
-        self.terminal = terminal
-        self._cache: dict[Render, bytes | None] | None = None
-
-    def rendered(self, render: Render) -> bytes | None:
-        """`render(raw)`, computed once per distinct render function (a few are cached)."""
-        cache = self._cache
-        if cache is None:
-            cache = self._cache = {}
-        try:
-            return cache[render]
-        except KeyError:
-            out = render(self.raw)
-            if len(cache) < _MAX_RENDER_CACHE:
-                cache[render] = out
-            return out
-
-
-def _event_message(data: bytes) -> Message | None:
-    try:
-        eid, etype = describe(data)
-        sid = parse_cursor(eid)
-    except (ValueError, BadCursor, AttributeError):
-        log.warning("ignoring a malformed event on a run channel: %.200r", data)
-        return None
-    return Message(sid, data, frame(eid, etype, data), etype in _TERMINAL)
-
-
-def _summary_message(data: bytes) -> Message:
-    if b"\n" in data or b"\r" in data:
-        return Message(None, data, sse.encode(data, event="run"), False)
-    return Message(None, data, b"event: run\ndata: " + data + b"\n\n", False)
 
 
 class _Channel:
@@ -406,10 +329,10 @@ class Hub:
                 data: bytes = resp[2]
                 if entry.lifecycle:
                     stats.summaries_received += 1
-                    msg: Message | None = _summary_message(data)
+                    msg: Message | None = summary_message(data)
                 else:
                     stats.events_received += 1
-                    msg = _event_message(data)
+                    msg = event_message(data)
                 if msg is not None:
                     for sub in entry.subs:
                         sub.push(msg)

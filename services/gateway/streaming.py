@@ -40,7 +40,8 @@ from shared.keys import check_run_id
 from shared.streamid import StreamId, parse_cursor
 
 from .context import Gateway, gateway
-from .fanout import REDIS_DOWN, Message, Render, Subscription, describe, frame
+from .fanout import REDIS_DOWN, Subscription
+from .messages import Message, Render, describe, frame
 from .metrics import Stats
 
 __all__ = [

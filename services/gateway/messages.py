@@ -1,0 +1,94 @@
+"""One event as viewers receive it: parsed once, encoded to SSE bytes once, shared by all.
+
+The published JSON is `{"id":"…","seq":…,"progress":…,"run_id":"…","type":"…",…}`, so the id and
+type are found without a full decode; anything unexpected falls back to `json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from shared import sse
+from shared.errors import BadCursor
+from shared.events import TERMINAL_TYPES
+from shared.streamid import StreamId, parse_cursor
+
+__all__ = ["Message", "Render", "describe", "event_message", "frame", "summary_message"]
+
+log = logging.getLogger(__name__)
+
+Render = Callable[[bytes], bytes | None]
+
+# The published JSON is `{"id":"…","seq":…,"progress":…,"run_id":"…","type":"…",…}`: the first
+# `"type"` key is the event's own (run ids cannot contain quotes), so a regex finds it without a
+# full decode. Anything unexpected falls back to json.
+_TYPE = re.compile(rb'"type":"([a-z_]{1,40})"')
+_ID_PREFIX = b'{"id":"'
+_TERMINAL = frozenset(t.value.encode() for t in TERMINAL_TYPES)
+_MAX_RENDER_CACHE = 8
+
+
+def describe(raw: bytes) -> tuple[bytes, bytes]:
+    """(id, type) of one published event JSON, both as bytes."""
+    match = _TYPE.search(raw)
+    if raw.startswith(_ID_PREFIX) and match:
+        end = raw.find(b'"', len(_ID_PREFIX))
+        return raw[len(_ID_PREFIX) : end], match.group(1)
+    obj: Any = json.loads(raw)
+    etype = str(obj.get("type", "message"))
+    if not re.fullmatch(r"[a-z_]{1,40}", etype):
+        etype = "message"
+    return str(obj.get("id", "")).encode(), etype.encode()
+
+
+def frame(eid: bytes, etype: bytes, raw: bytes) -> bytes:
+    """The native SSE encoding of one event: `id:`, `event:`, `data:`."""
+    if b"\n" in raw or b"\r" in raw:  # never from a JSON encoder, but stay correct
+        return sse.encode(raw, event=etype.decode(), id=eid.decode())
+    return b"id: " + eid + b"\nevent: " + etype + b"\ndata: " + raw + b"\n\n"
+
+
+class Message:
+    """One event as every viewer receives it: parsed and encoded once."""
+
+    __slots__ = ("_cache", "id", "raw", "sse", "terminal")
+
+    def __init__(self, id: StreamId | None, raw: bytes, sse: bytes, terminal: bool) -> None:
+        self.id = id
+        self.raw = raw
+        self.sse = sse
+        self.terminal = terminal
+        self._cache: dict[Render, bytes | None] | None = None
+
+    def rendered(self, render: Render) -> bytes | None:
+        """`render(raw)`, computed once per distinct render function (a few are cached)."""
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        try:
+            return cache[render]
+        except KeyError:
+            out = render(self.raw)
+            if len(cache) < _MAX_RENDER_CACHE:
+                cache[render] = out
+            return out
+
+
+def event_message(data: bytes) -> Message | None:
+    try:
+        eid, etype = describe(data)
+        sid = parse_cursor(eid)
+    except (ValueError, BadCursor, AttributeError):
+        log.warning("ignoring a malformed event on a run channel: %.200r", data)
+        return None
+    return Message(sid, data, frame(eid, etype, data), etype in _TERMINAL)
+
+
+def summary_message(data: bytes) -> Message:
+    if b"\n" in data or b"\r" in data:
+        return Message(None, data, sse.encode(data, event="run"), False)
+    return Message(None, data, b"event: run\ndata: " + data + b"\n\n", False)
