@@ -1,10 +1,12 @@
 """Recovery: the sweeper (a dead worker's runs) and the hand-back (this worker stopping).
 
-Every worker sweeps, every `_SWEEP_S`: one ZRANGE of the active runs, one pipeline of EXISTS
-on their leases, and a look at the status of those without one. A run that should have a holder
-but has no lease (running or paused; or queued while its job is gone) is reclaimed by
-`Leases.reclaim`, which bumps the attempt atomically; the sweeper that wins then publishes
-`worker_lost` under the new attempt (status back to queued) and enqueues the new attempt's job.
+Every worker sweeps, every `_SWEEP_S`, one window of at most `_BATCH` active runs (the next
+window each time, wrapping around: any number of active runs is covered at a bounded cost per
+sweep): one ZRANGE, one pipeline of GETs on their leases, and a look at the status of those
+without one. A run that should have a holder but has no lease (running or paused; or queued
+while its job is gone) is reclaimed by `Leases.reclaim`, which bumps the attempt atomically; the
+sweeper that wins then publishes `worker_lost` under the new attempt (status back to queued) and
+enqueues the new attempt's job.
 Only then may a worker start it, so `worker_lost` always precedes the next `workflow_started`.
 If the sweeper dies in between, the placeholder lease expires and the next sweep reclaims the
 run again.
@@ -37,10 +39,11 @@ _HELD = (b"running", b"paused")
 
 async def sweep(engine: Engine) -> None:
     liveness = Liveness(engine.redis)
+    offset = 0
     while True:
         await asyncio.sleep(_SWEEP_S)
         try:
-            await sweep_once(engine, liveness)
+            _, offset = await _sweep_window(engine, liveness, offset)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -48,9 +51,30 @@ async def sweep(engine: Engine) -> None:
 
 
 async def sweep_once(engine: Engine, liveness: Liveness | None = None) -> int:
-    """Reclaim every orphaned run; returns how many were re-enqueued."""
+    """One full pass over every active run; returns how many were re-enqueued."""
+    recovered, offset = 0, 0
+    while True:
+        found, offset = await _sweep_window(engine, liveness, offset)
+        recovered += found
+        if offset == 0:
+            return recovered
+
+
+async def _sweep_window(engine: Engine, liveness: Liveness | None, offset: int) -> tuple[int, int]:
+    """Sweep the active runs from rank `offset`: (runs re-enqueued, where the next window starts).
+
+    Ranks shift as runs finish, so a pass may skip a run; the next pass sees it.
+    """
+    ids = [
+        rid.decode()
+        for rid in await engine.redis.zrange(engine.keys.active, offset, offset + _BATCH - 1)
+    ]
+    following = offset + len(ids) if len(ids) == _BATCH else 0
+    return await _sweep(engine, liveness, ids), following
+
+
+async def _sweep(engine: Engine, liveness: Liveness | None, ids: list[str]) -> int:
     keys = engine.keys
-    ids = [rid.decode() for rid in await engine.redis.zrange(keys.active, 0, _BATCH - 1)]
     if not ids:
         return 0
     # Most runs hold a lease: one GET each, and a closer look only at the others.
