@@ -227,3 +227,19 @@ async def test_batches_of_several_runs_keep_each_runs_order(bus: Bus, store: Run
         "3",
         "3",
     ]
+
+
+@pytest.mark.parametrize("raw", ["99999999999999999999-0", "1-99999999999999999999", "²", "1-²"])
+def test_cursor_out_of_range_or_not_ascii_is_a_bad_cursor(raw: str) -> None:
+    from shared.errors import BadCursor
+    from shared.streamid import parse_cursor
+
+    with pytest.raises(BadCursor):
+        parse_cursor(raw)
+
+
+def test_largest_stream_id_is_a_cursor() -> None:
+    from shared.streamid import parse_cursor
+
+    top = 2**64 - 1
+    assert parse_cursor(f"{top}-{top}") == (top, top)
