@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from . import codec
 from .errors import Conflict, NotFound
@@ -73,8 +74,7 @@ class RunStore:
         run's first job).
         """
         run_id = check_run_id(run_id or str(uuid.uuid4()))
-        if await self.redis.exists(self.keys.run(run_id)):
-            raise Conflict(f"run {run_id} already exists")
+        key = self.keys.run(run_id)
         created = now_iso()
         mapping = {
             "workflow": workflow,
@@ -88,8 +88,14 @@ class RunStore:
         }
         record = RunRecord.from_hash(run_id, {k.encode(): v.encode() for k, v in mapping.items()})
         score = now_ms()
+        taken = Conflict(f"run {run_id} already exists")
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.run(run_id), mapping=mapping)
+            # WATCH: a concurrent create of the same id makes this MULTI fail, not overwrite.
+            await pipe.watch(key)
+            if await pipe.exists(key):
+                raise taken
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.hset(key, mapping=mapping)
             pipe.zadd(self.keys.runs, {run_id: score})
             pipe.zadd(self.keys.active, {run_id: score})
             pipe.publish(self.keys.runs_channel, record.summary().model_dump_json())
@@ -97,7 +103,10 @@ class RunStore:
                 queued = also(pipe, run_id)
                 if inspect.isawaitable(queued):
                     await queued
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except WatchError:
+                raise taken from None
         return record
 
     async def get(self, run_id: str) -> RunRecord:

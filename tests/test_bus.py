@@ -243,3 +243,21 @@ def test_largest_stream_id_is_a_cursor() -> None:
 
     top = 2**64 - 1
     assert parse_cursor(f"{top}-{top}") == (top, top)
+
+
+async def test_concurrent_creates_of_one_id_make_one_run_and_one_conflict(
+    store: RunStore, bus: Bus
+) -> None:
+    from shared.errors import Conflict
+
+    first = await store.create("demo", None, run_id="same-id")
+    await bus.publish("same-id", EventType.WORKFLOW_STARTED)
+    outcomes = await asyncio.gather(
+        *(store.create("demo", {"n": i}, run_id="fresh-id") for i in range(5)),
+        store.create("demo", None, run_id="same-id"),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(o, Conflict) for o in outcomes) == 5
+    # The started run kept its record: nothing was overwritten.
+    rec = await store.get(first.run_id)
+    assert rec.status is RunStatus.RUNNING and rec.seq == 1
