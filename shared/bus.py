@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 from .errors import Fenced, NotFound, RunFinished
 from .events import LIFECYCLE_STATUS, Event, EventType, now_iso
 from .keys import Keys
-from .streamid import StreamId, parse_cursor
+from .streamid import StreamId, just_before, parse_cursor
 
 __all__ = ["Bus", "LogInfo", "PublishCommand", "splice_id"]
 
@@ -85,8 +85,10 @@ class LogInfo:
 
         Conservative: a cursor exactly at the last trimmed entry also counts (the stream does not
         remember that entry's ID); the holder then gets a harmless resync, never a silent gap.
+        `just_before(first_id)`, where a resync leaves its holder, does not.
         """
-        return self.trimmed > 0 and self.first_id is not None and cursor < self.first_id
+        first = self.first_id
+        return self.trimmed > 0 and first is not None and cursor < just_before(first)
 
 
 class Bus:
@@ -253,6 +255,23 @@ class Bus:
             self.keys.events(run_id), min=f"({after[0]}-{after[1]}", max="+", count=count
         )
         return [(parse_cursor(eid), splice_id(eid, fields[b"e"])) for eid, fields in raw]
+
+    async def read_page(
+        self, run_id: str, after: StreamId = (0, 0), count: int = 500
+    ) -> tuple[list[tuple[StreamId, bytes]], LogInfo]:
+        """`read` and `log_info` from one snapshot (a MULTI): trimming cannot slip between the
+        read and the gap check, so `info.has_gap_after(after)` is true exactly when the page
+        does not follow on from `after`."""
+        key = self.keys.events(run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(key, min=f"({after[0]}-{after[1]}", max="+", count=count)
+            pipe.execute_command("XINFO", "STREAM", key)
+            raw, info = await pipe.execute(raise_on_error=False)
+        if isinstance(raw, Exception):
+            raise raw
+        page = [(parse_cursor(eid), splice_id(eid, fields[b"e"])) for eid, fields in raw]
+        # XINFO fails on a key that does not exist yet: nothing logged, nothing trimmed.
+        return page, LogInfo(0, None, None, 0) if isinstance(info, Exception) else _log_info(info)
 
     async def events(self, run_id: str, after: StreamId = (0, 0), limit: int = 500) -> list[Event]:
         """A page of the log as models (the JSON history API and the engine's own reads)."""

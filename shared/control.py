@@ -6,10 +6,20 @@ Decisions:
   (`RunStore.create(also=…)`): a run is never left queued without a job.
 - `signal` accepts exactly `stop | pause | resume | cancel | message`; any other name is
   `InvalidInput` (422) because the name is part of the request, not a resource that may exist.
-  Transitions: pause only a running run, resume only a paused one; stop, cancel and message any
-  unfinished run; anything else is `Conflict` (409). The `signal_received` event is published
-  first (its script refuses a finished run atomically), then the signal is appended to the run's
-  signal list and the workers' doorbell rings so the run's worker reacts at once.
+  Transitions: stop, cancel and message any unfinished run; pause an unfinished run not asked
+  to pause, resume one that is; anything else is `Conflict` (409). Whether a run is "asked to
+  pause" is decided by what was asked, not only by its status: the status becomes `paused` (and
+  `running` again) only at the workflow's next step boundary, and is `queued` while the run is
+  handed to another worker, so the last pause/resume in the signal list wins, and the status only
+  speaks when neither was ever sent (`shared.signals`, the worker's own fold). A pause then a
+  quick resume are thus both accepted and the run ends up running, never paused for good.
+- The `signal_received` event is published first (its script refuses a finished run
+  atomically), then the signal is appended to the run's signal list and the workers' doorbell
+  rings so the run's worker reacts at once. The check, the publish and the append for one run
+  are serialised by a per-run lock in this process, so concurrent requests through one gateway
+  are judged one after the other and enter the list in the order of their events. (Across
+  gateway processes two racing requests may both pass the check; the worst outcome is a
+  repeated pause or resume, which the fold makes harmless.)
 - Cancelling a run that no worker has started yet ends it here (`workflow_cancelled`, fenced by
   the attempt we saw): a cancelled run must not wait for a free worker to notice.
 - `list_runs` pages newest first; the cursor is `<created ms>:<run id>`, exclusive.
@@ -17,7 +27,9 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,12 +37,13 @@ from redis.asyncio import Redis
 
 from . import codec
 from .bus import Bus
-from .errors import BadCursor, Conflict, Fenced, InvalidInput, RunFinished
+from .errors import BadCursor, Conflict, Fenced, InvalidInput, NotFound, RunFinished
 from .events import Event, EventType, RunStatus
 from .jobs import JobQueue, job_key, run_job_id, signal_doorbell
 from .keys import Keys, check_run_id
 from .runs import RunRecord, RunStore
 from .settings import Settings
+from .signals import fold_signals
 from .workflow import get_workflow
 
 __all__ = ["SIGNAL_NAMES", "Control"]
@@ -40,9 +53,11 @@ _ALLOWED: dict[str, frozenset[RunStatus]] = {
     "stop": _UNFINISHED,
     "cancel": _UNFINISHED,
     "message": _UNFINISHED,
-    "pause": frozenset({RunStatus.RUNNING}),
-    "resume": frozenset({RunStatus.PAUSED}),
+    # Unfinished, and then judged by what was asked (`_check`).
+    "pause": _UNFINISHED,
+    "resume": _UNFINISHED,
 }
+_PAUSE_RESUME = frozenset({"pause", "resume"})
 SIGNAL_NAMES = tuple(_ALLOWED)
 _PAGE_SCAN = 200
 
@@ -55,6 +70,8 @@ class Control:
         self.settings = settings
         self.store = RunStore(redis, keys)
         self.queue = JobQueue(redis, keys)
+        # One lock per run being signalled; a run's entry goes when no request holds it.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def start(
         self, workflow: str, input: dict[str, Any] | None, *, run_id: str | None = None
@@ -81,24 +98,54 @@ class Control:
                 f"unknown signal {name!r}",
                 errors=[{"loc": ["name"], "msg": f"expected one of {', '.join(SIGNAL_NAMES)}"}],
             )
-        record = await self.store.get(run_id)
-        if record.status not in allowed:
-            raise Conflict(f"cannot {name} run {run_id}: it is {record.status.value}")
-        body = payload or {}
-        event = await self.bus.publish(
-            run_id,
-            EventType.SIGNAL_RECEIVED,
-            f"{name} requested",
-            data={"signal": name, "payload": body},
-        )
-        entry = {"name": name, "payload": body, "id": event.id, "ts": event.ts}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(self.keys.signals(run_id), codec.dumps(entry))
-            pipe.publish(self.keys.wake_channel, signal_doorbell(run_id))
-            await pipe.execute()
+        check_run_id(run_id)
+        lock = self._locks.get(run_id)
+        if lock is None:
+            lock = self._locks[run_id] = asyncio.Lock()
+        async with lock:
+            record = await self._check(run_id, name, allowed)
+            body = payload or {}
+            event = await self.bus.publish(
+                run_id,
+                EventType.SIGNAL_RECEIVED,
+                f"{name} requested",
+                data={"signal": name, "payload": body},
+            )
+            entry = {"name": name, "payload": body, "id": event.id, "ts": event.ts}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(self.keys.signals(run_id), codec.dumps(entry))
+                pipe.publish(self.keys.wake_channel, signal_doorbell(run_id))
+                await pipe.execute()
         if name == "cancel" and record.status is RunStatus.QUEUED:
             await self._cancel_queued(record)
         return event
+
+    async def _check(self, run_id: str, name: str, allowed: frozenset[RunStatus]) -> RunRecord:
+        """The run's record if `name` may be sent to it now; NotFound or Conflict otherwise."""
+        if name not in _PAUSE_RESUME:
+            record = await self.store.get(run_id)
+            if record.status not in allowed:
+                raise Conflict(f"cannot {name} run {run_id}: it is {record.status.value}")
+            return record
+        # The record and the signal list read in one MULTI: one consistent moment.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.run(run_id))
+            pipe.lrange(self.keys.signals(run_id), 0, -1)
+            raw_hash, raw_signals = await pipe.execute()
+        if not raw_hash:
+            raise NotFound(f"no run {run_id!r}")
+        record = RunRecord.from_hash(run_id, raw_hash)
+        if record.status not in allowed:
+            raise Conflict(f"cannot {name} run {run_id}: it is {record.status.value}")
+        asked = fold_signals(raw_signals).paused
+        paused = record.status is RunStatus.PAUSED if asked is None else asked
+        if paused is (name == "pause"):
+            if asked is None or asked is (record.status is RunStatus.PAUSED):
+                why = f"it is {record.status.value}"
+            else:
+                why = f"it is {record.status.value} and already asked to {name}"
+            raise Conflict(f"cannot {name} run {run_id}: {why}")
+        return record
 
     async def _cancel_queued(self, record: RunRecord) -> None:
         try:
@@ -187,6 +234,9 @@ def _parse_before(before: str | None) -> tuple[float | str, str | None]:
     if not before:
         return "+inf", None
     score, sep, run_id = before.partition(":")
-    if not sep or not score.isdigit():
+    if not sep or not (score.isascii() and score.isdigit()) or len(score) > 20:
         raise BadCursor(f"not a run list cursor: {before[:64]!r}")
-    return float(score), check_run_id(run_id)
+    try:
+        return float(score), check_run_id(run_id)
+    except NotFound:
+        raise BadCursor(f"not a run list cursor: {before[:64]!r}") from None

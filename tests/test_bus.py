@@ -261,3 +261,42 @@ async def test_concurrent_creates_of_one_id_make_one_run_and_one_conflict(
     # The started run kept its record: nothing was overwritten.
     rec = await store.get(first.run_id)
     assert rec.status is RunStatus.RUNNING and rec.seq == 1
+
+
+async def test_a_trim_that_overtakes_a_reader_between_pages_is_reported_with_the_page(
+    redis: Redis, keys: Keys, store: RunStore
+) -> None:
+    bus = Bus(redis, keys, maxlen=10)
+    run = await store.create("demo", None)
+    for i in range(5):
+        await bus.publish(run.run_id, EventType.LOG, str(i))
+    page, info = await bus.read_page(run.run_id, (0, 0), count=2)
+    assert len(page) == 2 and not info.has_gap_after((0, 0))
+    cursor = page[-1][0]
+    for i in range(400):  # the log is trimmed far past the reader's cursor
+        await bus.publish(run.run_id, EventType.LOG, f"more {i}")
+    page, info = await bus.read_page(run.run_id, cursor, count=2)
+    assert info.has_gap_after(cursor)
+    assert page and info.first_id == page[0][0] and page[0][0] > cursor
+
+
+async def test_read_page_of_a_run_with_no_log_yet(bus: Bus, store: RunStore) -> None:
+    run = await store.create("demo", None)
+    page, info = await bus.read_page(run.run_id)
+    assert page == [] and info.length == 0 and not info.has_gap_after((0, 0))
+
+
+async def test_the_position_a_resync_hands_out_has_no_gap(
+    redis: Redis, keys: Keys, store: RunStore
+) -> None:
+    from shared.streamid import just_before
+
+    bus = Bus(redis, keys, maxlen=10)
+    run = await store.create("demo", None)
+    for i in range(300):
+        await bus.publish(run.run_id, EventType.LOG, str(i))
+    _, info = await bus.read_page(run.run_id, (0, 0), count=1)
+    assert info.has_gap_after((0, 0)) and info.first_id is not None
+    resumed = just_before(info.first_id)
+    assert not info.has_gap_after(resumed)
+    assert (await bus.read(run.run_id, resumed, 1))[0][0] == info.first_id

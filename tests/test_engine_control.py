@@ -64,8 +64,9 @@ async def test_signal_validation(control: Control) -> None:
         await control.signal(rec.run_id, "explode")
     with pytest.raises(Conflict):
         await control.signal(rec.run_id, "resume")  # not paused
+    await control.signal(rec.run_id, "pause")  # queued: it pauses at its first step
     with pytest.raises(Conflict):
-        await control.signal(rec.run_id, "pause")  # not running yet
+        await control.signal(rec.run_id, "pause")  # already asked to pause
     ev = await control.signal(rec.run_id, "message", {"text": "hi"})
     assert ev.type is EventType.SIGNAL_RECEIVED
     assert ev.data == {"signal": "message", "payload": {"text": "hi"}}
@@ -121,3 +122,13 @@ async def test_state_of_unknown_run_is_not_found(control: Control) -> None:
         await control.state("missing")
     rec = await control.start("t_steps", {})
     assert await control.state(rec.run_id) is None
+
+
+@pytest.mark.parametrize("before", ["²:x", "1:bad id", "123456789012345678901234:x", "x"])
+async def test_a_malformed_history_cursor_is_a_bad_cursor_not_a_crash(
+    control: Control, before: str
+) -> None:
+    from shared.errors import BadCursor
+
+    with pytest.raises(BadCursor):
+        await control.list_runs(before=before)

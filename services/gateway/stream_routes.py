@@ -81,8 +81,7 @@ async def run_events(request: Request) -> Response:
     ctx = gateway(request)
     cursor = after or (0, 0)
     record = await ctx.store.get(run_id)
-    info = await ctx.bus.log_info(run_id)
-    page = await ctx.bus.read(run_id, cursor, limit)
+    page, info = await ctx.bus.read_page(run_id, cursor, limit)
     nxt = b'"' + format_id(page[-1][0]).encode() + b'"' if page else b"null"
     # The stored events are already JSON: the page is spliced, never decoded and re-encoded.
     body = b"".join(

@@ -37,7 +37,7 @@ from shared.bus import LogInfo
 from shared.errors import NotFound
 from shared.events import TERMINAL_STATUSES, TERMINAL_TYPES
 from shared.keys import check_run_id
-from shared.streamid import StreamId, parse_cursor
+from shared.streamid import StreamId, just_before, parse_cursor
 
 from .context import Gateway, gateway
 from .fanout import REDIS_DOWN, Subscription
@@ -64,7 +64,6 @@ T = TypeVar("T")
 HEARTBEAT = b": ping\n\n"
 _TERMINAL = frozenset(t.value.encode() for t in TERMINAL_TYPES)
 _TERMINAL_STATUS = frozenset(s.value.encode() for s in TERMINAL_STATUSES)
-_MAX_SEQ = 2**64 - 1
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 
 
@@ -173,11 +172,6 @@ def format_id(sid: StreamId) -> str:
     return f"{sid[0]}-{sid[1]}"
 
 
-def _just_before(sid: StreamId) -> StreamId:
-    """The greatest id smaller than `sid`: replaying strictly after it starts at `sid`."""
-    return (sid[0], sid[1] - 1) if sid[1] > 0 else (sid[0] - 1, _MAX_SEQ)
-
-
 def request_cursor(request: Request) -> StreamId | None:
     """The viewer's cursor: the `Last-Event-ID` header, else `?after=`; None when neither.
 
@@ -277,11 +271,15 @@ class _RunFollower:
         """Replay the log after the cursor; True when the run's stream is over."""
         ctx, run_id, page_size = self.ctx, self.run_id, self.ctx.settings.replay_page
         self.stats.catchups += 1
-        info = await retry_redis(sub, sink, ctx.bus.log_info, run_id)
-        if info.has_gap_after(self.last):
-            await self._resync(sub, sink, info)
         while True:
-            page = await retry_redis(sub, sink, ctx.bus.read, run_id, self.last, page_size)
+            # Each page comes with the log's shape from the same snapshot: a trim that overtakes
+            # the cursor, before or between pages, is always seen and answered with a resync.
+            page, info = await retry_redis(
+                sub, sink, ctx.bus.read_page, run_id, self.last, page_size
+            )
+            if info.has_gap_after(self.last):
+                await self._resync(sub, sink, info)
+                continue
             parts, done = [], False
             for sid, raw in page:
                 eid, etype = describe(raw)
@@ -320,7 +318,7 @@ class _RunFollower:
         body = codec.dumps({"run": record.model_dump(mode="json"), "state": state, "from": first})
         await sink.write(sse.encode(body, event="resync"), 1)
         self.stats.resyncs += 1
-        self.last = _just_before(info.first_id)
+        self.last = just_before(info.first_id)
 
 
 async def retry_redis(

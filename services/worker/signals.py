@@ -1,8 +1,9 @@
 """A run's view of its signal list.
 
 The list `<ns>:run:{ID}:signals` is never popped: it is the durable history of every request.
-A (re-)executing run reads it from the start and folds it into its current state: stop and
-cancel are sticky, pause/resume is the last of them, messages form an ordered inbox. So a run
+A (re-)executing run reads it from the start and folds it into its current state with
+`shared.signals` (the fold `Control.signal` uses too): stop and cancel are sticky, pause/resume
+is the last of them, messages form an ordered inbox. So a run
 re-executed after a crash is paused if it was paused, still stops, and replays its chat inbox in
 order (the replies are checkpointed steps, so nothing is answered twice).
 
@@ -18,8 +19,8 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from shared import codec
 from shared.keys import Keys
+from shared.signals import SignalFold, decode_signal
 from shared.workflow import Signal
 
 __all__ = ["SignalBox"]
@@ -30,14 +31,27 @@ class SignalBox:
         self.redis = redis
         self.key = keys.signals(run_id)
         self.read = 0  # entries of the list folded in so far
-        self.stop = False
-        self.cancel = False
-        self.paused = False
-        self.messages: list[Signal] = []
+        self.asked = SignalFold()
         self.taken = 0  # messages handed to the workflow
         self.on_new: Callable[[list[Signal]], None] | None = None
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
+
+    @property
+    def stop(self) -> bool:
+        return self.asked.stop
+
+    @property
+    def cancel(self) -> bool:
+        return self.asked.cancel
+
+    @property
+    def paused(self) -> bool:
+        return self.asked.paused is True
+
+    @property
+    def messages(self) -> list[Signal]:
+        return self.asked.messages
 
     async def poll(self) -> list[Signal]:
         """Fold in whatever arrived since the last read; returns the new signals."""
@@ -76,21 +90,6 @@ class SignalBox:
         return None
 
     def _apply(self, item: bytes) -> Signal:
-        data = codec.loads(item)
-        sig = Signal(
-            name=str(data.get("name", "")),
-            payload=data.get("payload") or {},
-            id=str(data.get("id", "")),
-            ts=str(data.get("ts", "")),
-        )
-        if sig.name == "stop":
-            self.stop = True
-        elif sig.name == "cancel":
-            self.cancel = True
-        elif sig.name == "pause":
-            self.paused = True
-        elif sig.name == "resume":
-            self.paused = False
-        elif sig.name == "message":
-            self.messages.append(sig)
+        sig = decode_signal(item)
+        self.asked.apply(sig)
         return sig
