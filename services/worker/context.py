@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .run import RunHandle
     from .tasks import TaskExecution
 
-__all__ = ["Engine", "worker_name"]
+__all__ = ["Engine", "EngineViews", "worker_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +96,21 @@ class Engine:
             task.cancel("worker closing")
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
+
+
+class EngineViews:
+    """What a run handle and a task context both show their code of the worker's engine."""
+
+    engine: Engine
+
+    @property
+    def settings(self) -> Settings:
+        return self.engine.settings
+
+    @property
+    def llm(self) -> LLM:
+        return self.engine.llm
+
+    @property
+    def control(self) -> Control:
+        return self.engine.control

@@ -24,18 +24,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from shared import codec
 from shared.errors import Fenced, RunFinished
 from shared.events import LIFECYCLE_STATUS, EventType
-from shared.settings import Settings
 from shared.workflow import Run, Signal, TaskSpec
 
+from .context import EngineViews
 from .publisher import Publisher
 from .signals import SignalBox
 from .tokens import stream_tokens
 
 if TYPE_CHECKING:
-    from shared.control import Control
-
     from .context import Engine
-    from .llm import LLM
 
 __all__ = [
     "RunHandle",
@@ -51,7 +48,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class RunHandle:
+class RunHandle(EngineViews):
     def __init__(self, engine: Engine, run_id: str, attempt: int) -> None:
         self.engine = engine
         self.run_id = run_id
@@ -69,18 +66,6 @@ class RunHandle:
         self._parallels = 0
 
     # -- what workflows may read --------------------------------------------------------------
-
-    @property
-    def settings(self) -> Settings:
-        return self.engine.settings
-
-    @property
-    def llm(self) -> LLM:
-        return self.engine.llm
-
-    @property
-    def control(self) -> Control:
-        return self.engine.control
 
     @property
     def stop_requested(self) -> bool:

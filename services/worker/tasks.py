@@ -20,9 +20,9 @@ from shared import codec
 from shared.errors import Fenced, RunFinished
 from shared.events import EventType
 from shared.jobs import TASK_JOB, task_job_id
-from shared.settings import Settings
 from shared.workflow import TaskContext, get_activity
 
+from .context import EngineViews
 from .publisher import Publisher
 from .run import (
     completed_message,
@@ -34,10 +34,7 @@ from .run import (
 from .tokens import stream_tokens
 
 if TYPE_CHECKING:
-    from shared.control import Control
-
     from .context import Engine
-    from .llm import LLM
 
 __all__ = ["TaskExecution", "execute_task_job"]
 
@@ -46,7 +43,7 @@ logger = logging.getLogger(__name__)
 _BACKOFF_MS = 200
 
 
-class TaskExecution:
+class TaskExecution(EngineViews):
     """Also the `TaskContext` the activity receives."""
 
     def __init__(
@@ -62,18 +59,6 @@ class TaskExecution:
         self.publisher = Publisher(engine.bus, run_id, attempt, on_error=self._publish_failed)
         self.abort_reason: str | None = None
         self.main: asyncio.Task[Any] | None = None
-
-    @property
-    def settings(self) -> Settings:
-        return self.engine.settings
-
-    @property
-    def llm(self) -> LLM:
-        return self.engine.llm
-
-    @property
-    def control(self) -> Control:
-        return self.engine.control
 
     @property
     def lease_key(self) -> str:
