@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["EmbeddedValkey", "die_with_parent", "free_port"]
+__all__ = ["EmbeddedValkey", "die_with_parent", "free_port", "stop_process"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,17 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 # Public for the other process supervisors (`tidings up`, the benchmarks): pass as `preexec_fn`.
 die_with_parent = _die_with_parent
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`; reaps it either way."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class EmbeddedValkey:
@@ -126,14 +137,8 @@ class EmbeddedValkey:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (Valkey flushes its AOF and exits), then SIGKILL if it does not."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, timeout)
 
     def kill(self) -> None:
         proc, self._proc = self._proc, None

@@ -36,6 +36,7 @@ __all__ = [
     "run_job_id",
     "signal_doorbell",
     "task_job_id",
+    "workers_listening",
 ]
 
 RUN_JOB = "tidings_run"
@@ -78,6 +79,12 @@ def task_job_id(run_id: str, task_id: str, attempt: int, try_: int) -> str:
 def signal_doorbell(run_id: str) -> str:
     """The wake-channel message that tells the worker running `run_id` to read its signals."""
     return f"signal {run_id}"
+
+
+async def workers_listening(redis: Redis, keys: Keys) -> int:
+    """How many workers are ready: each subscribes to the doorbell once it serves the queue."""
+    [(_, count)] = await redis.pubsub_numsub(keys.wake_channel)
+    return int(count)
 
 
 def job_key(job_id: str) -> str:

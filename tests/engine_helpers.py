@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from shared.bus import Bus
 from shared.events import Event, EventType
+from shared.jobs import workers_listening
 from shared.keys import Keys
 
 TEST_WORKFLOWS = {"TIDINGS_TEST_WORKFLOWS": "tests.workflows_for_tests"}
@@ -29,13 +30,13 @@ async def start_workers(
     """`n` worker processes, returned once all of them listen on the doorbell."""
     env = {**settings_env(**settings), **TEST_WORKFLOWS}
     procs = [processes.python("services.worker", env=env, name=f"worker{i}") for i in range(n)]
-    await until(lambda: _listening(redis, keys, n), what=f"{n} workers listening", procs=procs)
+    await until(lambda: listening(redis, keys, n), what=f"{n} workers listening", procs=procs)
     return procs
 
 
-async def _listening(redis: Redis, keys: Keys, n: int) -> bool:
-    [(_, count)] = await redis.pubsub_numsub(keys.wake_channel)
-    return int(count) >= n
+async def listening(redis: Redis, keys: Keys, n: int) -> bool:
+    """At least `n` workers are ready (each subscribes to the doorbell once it serves)."""
+    return await workers_listening(redis, keys) >= n
 
 
 async def until(

@@ -14,7 +14,7 @@ from shared.bus import Bus
 from shared.control import Control
 from shared.events import EventType, RunStatus
 from shared.keys import Keys
-from tests.engine_helpers import until, wait_terminal
+from tests.engine_helpers import listening, until, wait_terminal
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -37,11 +37,7 @@ async def test_the_readme_workflow_example_runs(
     }
     processes.python("services.worker", env=env, name="worker")
 
-    async def listening() -> bool:
-        [(_, count)] = await redis.pubsub_numsub(keys.wake_channel)
-        return int(count) >= 1
-
-    await until(listening, what="the worker listening")
+    await until(lambda: listening(redis, keys, 1), what="the worker listening")
     # Control validates input against the registered model, so the test process loads it too.
     sys.path.insert(0, str(tmp_path))
     try:

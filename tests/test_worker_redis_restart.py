@@ -17,7 +17,14 @@ from shared.events import EventType
 from shared.keys import Keys
 from shared.redis import connect
 from shared.settings import Settings
-from tests.engine_helpers import TEST_WORKFLOWS, all_events, of_type, until, wait_event
+from tests.engine_helpers import (
+    TEST_WORKFLOWS,
+    all_events,
+    listening,
+    of_type,
+    until,
+    wait_event,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +51,7 @@ async def test_a_run_survives_a_redis_restart(own_valkey: EmbeddedValkey, proces
     worker = processes.python("services.worker", env=env, name="worker")
     redis = connect(own_valkey.url, retries=10)
     try:
-
-        async def listening() -> bool:
-            return int((await redis.pubsub_numsub(keys.wake_channel))[0][1]) >= 1
-
-        await until(listening, what="the worker", procs=[worker])
+        await until(lambda: listening(redis, keys, 1), what="the worker", procs=[worker])
         bus = Bus(redis, keys)
         settings = Settings(redis_url=own_valkey.url, namespace=keys.ns)
         control = Control(redis, keys, bus, settings)

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from shared.embedded import EmbeddedValkey, die_with_parent, free_port
+from shared.embedded import EmbeddedValkey, die_with_parent, free_port, stop_process
 from shared.keys import Keys
 
 __all__ = ["BenchError", "Result", "Servers", "percentile"]
@@ -159,13 +159,7 @@ class Servers:
         proc.wait()
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
 
     def stop_all(self) -> None:
         live = [p for p in self.procs if p.poll() is None]

@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from shared.jobs import workers_listening
 from shared.keys import Keys
 
 from .harness import BenchError
@@ -41,8 +42,7 @@ async def wait_workers(redis: Redis, keys: Keys, n: int, timeout: float = 30.0) 
     """Until `n` workers listen on the doorbell channel (each subscribes once it is ready)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        [(_, count)] = await redis.pubsub_numsub(keys.wake_channel)
-        if count >= n:
+        if await workers_listening(redis, keys) >= n:
             return
         await asyncio.sleep(0.05)
     raise BenchError(f"{n} workers did not come up within {timeout:.0f} s")
