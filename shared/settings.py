@@ -44,6 +44,11 @@ class Settings(BaseModel):
     viewer_buffer: int = Field(
         1_024, ge=1, description="Events buffered per viewer before it catches up from the log."
     )
+    viewer_buffer_bytes: int = Field(
+        1_048_576,
+        ge=1_024,
+        description="Bytes of events buffered per viewer before it catches up from the log.",
+    )
     send_timeout_s: float = Field(
         30.0, gt=0, description="A viewer that accepts no bytes for this long is disconnected."
     )

@@ -31,9 +31,12 @@ from .context import Gateway
 from .dashboard import dashboard
 from .errors import BodyLimitMiddleware, exception_handlers
 from .fanout import Hub
+from .lane import StreamLane
 from .metrics import Gauges, Stats, make_registry
+from .source import PubSubSource
+from .viewer import ViewerLimits
 
-__all__ = ["FRONTEND_DIR", "create_app"]
+__all__ = ["FRONTEND_DIR", "create_app", "with_stream_lane"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,11 @@ def create_app(settings: Settings, *, frontend: Path | None = FRONTEND_DIR) -> S
     )
 
 
+def with_stream_lane(app: Starlette) -> StreamLane:
+    """`app` with its event-stream routes served ahead of the middleware (see `lane.py`)."""
+    return StreamLane(app, stream_routes.lane)
+
+
 @asynccontextmanager
 async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
     assert settings.redis_url
@@ -63,7 +71,13 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
     keys = Keys(settings.namespace)
     bus = Bus(redis, keys, maxlen=settings.events_maxlen)
     stats = Stats()
-    hub = Hub(redis, keys, buffer=settings.viewer_buffer, stats=stats)
+    limits = ViewerLimits(
+        buffer_events=settings.viewer_buffer,
+        buffer_bytes=settings.viewer_buffer_bytes,
+        send_timeout=settings.send_timeout_s,
+        heartbeat=settings.sse_heartbeat_s,
+    )
+    hub = Hub(PubSubSource(redis, stats), keys, limits=limits, stats=stats)
     gauges = Gauges(
         viewers=hub.count_viewers,
         lifecycle_viewers=partial(hub.count_viewers, lifecycle=True),

@@ -35,6 +35,7 @@ __all__ = [
     "error_body",
     "error_response",
     "exception_handlers",
+    "handle_exception",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,14 +110,27 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal server error")
 
 
+_HANDLERS: dict[type[Exception], Any] = {
+    TidingsError: _tidings_error,
+    HTTPException: _http_exception,
+    RedisConnectionError: _redis_down,
+    RedisTimeoutError: _redis_down,
+    Exception: _unexpected,
+}
+
+
 def exception_handlers() -> dict[Any, Any]:
-    return {
-        TidingsError: _tidings_error,
-        HTTPException: _http_exception,
-        RedisConnectionError: _redis_down,
-        RedisTimeoutError: _redis_down,
-        Exception: _unexpected,
-    }
+    return dict(_HANDLERS)
+
+
+async def handle_exception(request: Request, exc: Exception) -> Response:
+    """The JSON error response the app's handlers give `exc` (for code outside the app's stack)."""
+    for cls in type(exc).__mro__:
+        handler = _HANDLERS.get(cls)
+        if handler is not None:
+            response: Response = await handler(request, exc)
+            return response
+    raise exc  # not an Exception subclass: never caught here
 
 
 class BodyLimitMiddleware:

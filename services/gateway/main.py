@@ -15,7 +15,8 @@ from starlette.applications import Starlette
 
 from shared.settings import Settings
 
-from .app import create_app
+from .app import create_app, with_stream_lane
+from .fastpath import HttpToolsProtocol
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "serve"]
 
@@ -43,12 +44,13 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
         )
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        with_stream_lane(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
+        http=HttpToolsProtocol,
     )
     _Server(config, app).run()

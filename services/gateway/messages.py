@@ -17,7 +17,7 @@ from shared.errors import BadCursor
 from shared.events import TERMINAL_TYPES
 from shared.streamid import StreamId, parse_cursor
 
-__all__ = ["Message", "Render", "describe", "event_message", "frame", "summary_message"]
+__all__ = ["Message", "Render", "chunk", "describe", "event_message", "frame", "summary_message"]
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,25 @@ def frame(eid: bytes, etype: bytes, raw: bytes) -> bytes:
     return b"id: " + eid + b"\nevent: " + etype + b"\ndata: " + raw + b"\n\n"
 
 
-class Message:
-    """One event as every viewer receives it: parsed and encoded once."""
+def chunk(data: bytes) -> bytes:
+    """`data` as one HTTP/1.1 chunk (the framing of a `transfer-encoding: chunked` body)."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
 
-    __slots__ = ("_cache", "id", "raw", "sse", "terminal")
+
+class Message:
+    """One event as every viewer receives it: parsed and encoded once.
+
+    `sse` is the native SSE encoding; `chunk` is the same bytes framed as one HTTP chunk, what
+    the hub writes straight to every live viewer's transport (see `viewer.py`).
+    """
+
+    __slots__ = ("_cache", "chunk", "id", "raw", "sse", "terminal")
 
     def __init__(self, id: StreamId | None, raw: bytes, sse: bytes, terminal: bool) -> None:
         self.id = id
         self.raw = raw
         self.sse = sse
+        self.chunk = chunk(sse)
         self.terminal = terminal
         self._cache: dict[Render, bytes | None] | None = None
 

@@ -26,18 +26,10 @@ from .context import Gateway, gateway
 from .errors import BadRequest, error_response
 from .metrics import CONTENT_TYPE, render
 from .run_routes import run_view
-from .streaming import (
-    HEARTBEAT,
-    Sink,
-    Stop,
-    event_stream,
-    format_id,
-    request_cursor,
-    retry_redis,
-    stream_run,
-)
+from .streaming import event_stream, format_id, request_cursor, stream_run
+from .viewer import Cursor, Viewer
 
-__all__ = ["SNAPSHOT_SIZE", "routes"]
+__all__ = ["SNAPSHOT_SIZE", "LifecycleCursor", "lane", "routes"]
 
 log = logging.getLogger(__name__)
 
@@ -112,27 +104,22 @@ async def run_record(request: Request) -> Response:
 async def runs_events(request: Request) -> Response:
     """Lifecycle summaries of all runs: one `snapshot` of the most recent, then `run` events."""
     ctx = gateway(request)
+    return event_stream(ctx, [LifecycleCursor(ctx)], ends_when_done=False)
 
-    async def body(sink: Sink) -> None:
-        await sink.write(b"retry: %d\n\n" % ctx.settings.sse_retry_ms)
-        with ctx.hub.subscribe(ctx.keys.runs_channel) as sub:
-            try:
-                while not sub.closed:
-                    if sub.lagging and sub.ready:
-                        # First connect, overflow or reconnect: summaries have no log to replay,
-                        # a fresh snapshot is the catch-up. Taken after buffering restarted, so
-                        # whatever follows it is at least as new.
-                        sub.restart()
-                        ctx.hub.stats.catchups += 1
-                        await sink.write(await retry_redis(sub, sink, _snapshot, ctx), 1)
-                    elif items := sub.take():
-                        await sink.write(b"".join(m.sse for m in items), len(items))
-                    elif not await sub.wait(sink.heartbeat):
-                        await sink.write(HEARTBEAT)
-            except Stop:
-                return
 
-    return event_stream(ctx, body)
+class LifecycleCursor(Cursor):
+    """The run-list feed. Summaries have no log to replay: a fresh snapshot is the catch-up,
+    taken after buffering restarted, so whatever follows it is at least as new."""
+
+    __slots__ = ("ctx",)
+    ends_on_terminal = False
+
+    def __init__(self, ctx: Gateway) -> None:
+        super().__init__(ctx.keys.runs_channel, (0, 0), None)
+        self.ctx = ctx
+
+    async def catch_up(self, viewer: Viewer) -> None:
+        await viewer.write(await viewer.retry_redis(_snapshot, self.ctx), 1)
 
 
 async def _snapshot(ctx: Gateway) -> bytes:
@@ -176,9 +163,14 @@ async def metrics(request: Request) -> Response:
     return Response(render(gateway(request).registry), media_type=CONTENT_TYPE)
 
 
-routes: list[BaseRoute] = [
+# Served by the streaming lane (`lane.py`) ahead of the middleware, and by the app after it.
+lane: list[Route] = [
     Route("/api/runs/events", runs_events, methods=["GET"]),
     Route("/api/runs/{run_id}/events", run_events, methods=["GET"]),
+]
+
+routes: list[BaseRoute] = [
+    *lane,
     Route("/api/runs/{run_id}", run_record, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),

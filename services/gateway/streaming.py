@@ -1,32 +1,27 @@
-"""Streaming a run's events to one viewer: replay from the log, then live, never a gap or a dup.
+"""Streaming runs to viewers: replay from the log, then live, never a gap or a duplicate.
 
 `stream_run` is the one primitive every SSE route of a run uses (the native
 `/api/runs/{id}/events` and the seeds' compatibility streams, which pass their own `render`).
 
-The protocol, per viewer: subscribe first (the hub buffers live events), replay the log after the
-viewer's cursor in pages, then drain the buffer dropping ids the replay already sent. A viewer
-whose buffer overflowed, or whose channel was resubscribed after a Redis outage, is *lagging* and
-goes through the same replay from its own cursor. A cursor older than the trimmed log gets an
-explicit `resync` event (run record + state snapshot) and continues from the oldest entry left.
-Log reads that fail because Redis is unreachable are retried until it is back.
+The protocol, per cursor: subscribe first (the hub buffers live events), replay the log after
+the cursor in pages, then drain the buffer dropping ids the replay already sent. A cursor whose
+viewer overflowed its buffer, or whose channel was resubscribed after a Redis outage, is
+*lagging* and goes through the same replay from its own position. A cursor older than the trimmed
+log gets an explicit `resync` event (run record + state snapshot) and continues from the oldest
+entry left. Log reads that fail because Redis is unreachable are retried until it is back.
 
-The response is a small ASGI class rather than `StreamingResponse` so that every `send` is bounded
-by `send_timeout_s` (a viewer that accepts no bytes that long is dropped) and a client disconnect,
-seen on `receive`, stops the producer at once. ASGI has no "abort": a dropped viewer's response is
-left unfinished, which makes uvicorn close the connection (and log "ASGI callable returned without
-completing response"). Everything the gateway held for that viewer (subscription, tasks, buffer)
-is released at once; only the bytes already in the socket buffers wait for the peer or for TCP to
-give up.
+The response is a small ASGI class: it sends the head, hands the connection to the hub as a
+`Viewer` (see `viewer.py` for the fast path that writes straight to the transport) and waits for
+the client to go away or the stream to end. A viewer that accepts no bytes within
+`send_timeout_s` is aborted; a client disconnect releases everything the gateway held for it at
+once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from functools import partial
-from typing import Any, TypeVar
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,132 +35,79 @@ from shared.keys import check_run_id
 from shared.streamid import StreamId, just_before, parse_cursor
 
 from .context import Gateway, gateway
-from .fanout import REDIS_DOWN, Subscription
-from .messages import Message, Render, describe, frame
-from .metrics import Stats
+from .fanout import Hub
+from .fastpath import stream_transport
+from .messages import Render, describe, frame
+from .viewer import DONE, Cursor, Viewer
 
 __all__ = [
-    "HEARTBEAT",
+    "SSE_HEADERS",
     "EventStreamResponse",
-    "Sink",
-    "SlowViewer",
-    "Stop",
+    "RunCursor",
     "event_stream",
     "format_id",
     "request_cursor",
-    "retry_redis",
     "stream_run",
 ]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-HEARTBEAT = b": ping\n\n"
 _TERMINAL = frozenset(t.value.encode() for t in TERMINAL_TYPES)
 _TERMINAL_STATUS = frozenset(s.value.encode() for s in TERMINAL_STATUSES)
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 
 
-class SlowViewer(Exception):
-    """The viewer accepted no bytes within the send timeout."""
-
-
-class Stop(Exception):
-    """The viewer's subscription was closed (gateway shutting down)."""
-
-
-class Sink:
-    """The body side of an event stream: every write is bounded by the send timeout."""
-
-    __slots__ = ("_send", "_timeout", "heartbeat", "last_write", "stats")
-
-    def __init__(self, send: Send, timeout: float, stats: Stats, heartbeat: float) -> None:
-        self._send = send
-        self._timeout = timeout
-        self.stats = stats
-        self.heartbeat = heartbeat
-        self.last_write = time.monotonic()
-
-    async def _bounded(self, message: dict[str, Any]) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._send(message)
-        except TimeoutError:
-            raise SlowViewer(f"no bytes accepted for {self._timeout}s") from None
-        self.last_write = time.monotonic()
-
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        await self._bounded({"type": "http.response.start", "status": status, "headers": headers})
-
-    async def write(self, data: bytes, messages: int = 0) -> None:
-        await self._bounded({"type": "http.response.body", "body": data, "more_body": True})
-        self.stats.sse_bytes += len(data)
-        self.stats.sse_messages += messages
-
-    async def finish(self) -> None:
-        await self._bounded({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-Body = Callable[[Sink], Coroutine[Any, Any, None]]
-
-
 class EventStreamResponse(Response):
-    """`text/event-stream` whose body is produced by `body(sink)`; ends when it returns."""
+    """`text/event-stream` following `cursors` until the viewer is done or gone."""
 
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        body: Body,
+        hub: Hub,
+        cursors: list[Cursor],
         *,
-        send_timeout: float,
-        heartbeat: float,
-        stats: Stats,
+        preamble: bytes = b"",
+        ends_when_done: bool = True,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         self.status_code = 200
         self.background = None
-        self._body = body
-        self._send_timeout = send_timeout
-        self._heartbeat = heartbeat
-        self._stats = stats
+        self._hub = hub
+        self._cursors = cursors
+        self._preamble = preamble
+        self._ends_when_done = ends_when_done
         self.init_headers({**SSE_HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sink = Sink(send, self._send_timeout, self._stats, self._heartbeat)
+        hub = self._hub
+        start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         try:
-            await sink.start(self.status_code, self.raw_headers)
-        except SlowViewer:
-            self._stats.slow_disconnects += 1
+            async with asyncio.timeout(hub.limits.send_timeout):
+                await send(start)
+        except TimeoutError:
+            hub.stats.slow_disconnects += 1
             return
-        producer = asyncio.create_task(self._body(sink))
-        watcher = asyncio.create_task(_until_disconnect(receive))
-        try:
-            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            producer.cancel()
-            watcher.cancel()
-            await asyncio.wait({producer, watcher})
-        if producer.cancelled():  # the client went away first
-            return
-        exc = producer.exception()
-        if isinstance(exc, SlowViewer):
-            # Returning without finishing the response makes the server close the connection.
-            self._stats.slow_disconnects += 1
-            log.info("disconnecting a viewer of %s: %s", scope.get("path"), exc)
-            return
-        if exc is not None:
-            raise exc
-        try:
-            await sink.finish()
-        except SlowViewer:
-            self._stats.slow_disconnects += 1
+        viewer = Viewer(
+            hub,
+            send,
+            stream_transport(scope),
+            self._cursors,
+            preamble=self._preamble,
+            ends_when_done=self._ends_when_done,
+        )
+        with hub.attach(viewer):
+            await viewer.wait(receive)
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def event_stream(
+    ctx: Gateway, cursors: list[Cursor], *, preamble: bytes = b"", ends_when_done: bool = True
+) -> EventStreamResponse:
+    """An event stream of `cursors`, starting with `preamble` and the `retry:` hint."""
+    retry = b"retry: %d\n\n" % ctx.settings.sse_retry_ms
+    return EventStreamResponse(
+        ctx.hub, cursors, preamble=preamble + retry, ends_when_done=ends_when_done
+    )
 
 
 def format_id(sid: StreamId) -> str:
@@ -206,79 +148,29 @@ async def stream_run(
         after = parse_cursor(header) if header else None
     if not await ctx.store.exists(run_id):
         raise NotFound(f"no run {run_id!r}")
-    follower = _RunFollower(ctx, run_id, after or (0, 0), render)
-    return event_stream(ctx, partial(follower.follow, preamble))
+    return event_stream(ctx, [RunCursor(ctx, run_id, after or (0, 0), render)], preamble=preamble)
 
 
-def event_stream(ctx: Gateway, body: Body) -> EventStreamResponse:
-    """An `EventStreamResponse` configured from the gateway's settings."""
-    settings = ctx.settings
-    return EventStreamResponse(
-        body,
-        send_timeout=settings.send_timeout_s,
-        heartbeat=settings.sse_heartbeat_s,
-        stats=ctx.hub.stats,
-    )
+class RunCursor(Cursor):
+    """A position in one run's event log; done after the run's terminal event."""
 
+    __slots__ = ("ctx", "run_id")
 
-class _RunFollower:
-    def __init__(self, ctx: Gateway, run_id: str, cursor: StreamId, render: Render | None) -> None:
+    def __init__(self, ctx: Gateway, run_id: str, last: StreamId, render: Render | None) -> None:
+        super().__init__(ctx.keys.run_channel(run_id), last, render)
         self.ctx = ctx
         self.run_id = run_id
-        self.last = cursor
-        self.render = render
-        self.stats = ctx.hub.stats
 
-    async def follow(self, preamble: bytes, sink: Sink) -> None:
-        settings = self.ctx.settings
-        await sink.write(preamble + b"retry: %d\n\n" % settings.sse_retry_ms)
-        with self.ctx.hub.subscribe(self.ctx.keys.run_channel(self.run_id)) as sub:
-            try:
-                await self._loop(sub, sink)
-            except Stop:
-                return
-
-    async def _loop(self, sub: Subscription, sink: Sink) -> None:
-        while not sub.closed:
-            if sub.lagging and sub.ready:
-                sub.restart()
-                if await self._catch_up(sub, sink):
-                    return
-            elif items := sub.take():
-                if await self._live(items, sink):
-                    return
-            elif not await sub.wait(sink.heartbeat):
-                await sink.write(HEARTBEAT)
-
-    async def _live(self, items: list[Message], sink: Sink) -> bool:
-        last, render, parts, done = self.last, self.render, [], False
-        for msg in items:
-            if msg.id is None or msg.id <= last:
-                continue  # the replay already sent it
-            last = msg.id
-            data = msg.sse if render is None else msg.rendered(render)
-            if data:
-                parts.append(data)
-            if msg.terminal:
-                done = True
-                break
-        self.last = last
-        if parts:
-            await sink.write(b"".join(parts), len(parts))
-        return done
-
-    async def _catch_up(self, sub: Subscription, sink: Sink) -> bool:
-        """Replay the log after the cursor; True when the run's stream is over."""
+    async def catch_up(self, viewer: Viewer) -> None:
+        """Replay the log after the cursor; DONE when the run's stream is over."""
         ctx, run_id, page_size = self.ctx, self.run_id, self.ctx.settings.replay_page
-        self.stats.catchups += 1
+        stats = viewer.stats
         while True:
             # Each page comes with the log's shape from the same snapshot: a trim that overtakes
             # the cursor, before or between pages, is always seen and answered with a resync.
-            page, info = await retry_redis(
-                sub, sink, ctx.bus.read_page, run_id, self.last, page_size
-            )
+            page, info = await viewer.retry_redis(ctx.bus.read_page, run_id, self.last, page_size)
             if info.has_gap_after(self.last):
-                await self._resync(sub, sink, info)
+                await self._resync(viewer, info)
                 continue
             parts, done = [], False
             for sid, raw in page:
@@ -290,55 +182,34 @@ class _RunFollower:
                 if etype in _TERMINAL:
                     done = True
                     break
-            self.stats.replayed_events += len(parts)
+            stats.replayed_events += len(parts)
             if parts:
-                await sink.write(b"".join(parts), len(parts))
+                await viewer.write(b"".join(parts), len(parts))
             if done:
-                return True
+                self.state = DONE
+                return
             if len(page) < page_size:
                 break
         # The log has nothing after the cursor. A run that already ended says nothing more
-        # (e.g. a viewer resuming from the terminal event's id): end the stream now.
-        status, last_id = await retry_redis(sub, sink, self._run_status)
-        if status is None:
-            return True
-        return status in _TERMINAL_STATUS and (not last_id or parse_cursor(last_id) <= self.last)
+        # (e.g. a viewer resuming from the terminal event's id): this cursor is done.
+        status, last_id = await viewer.retry_redis(self._run_status)
+        if status is None or (
+            status in _TERMINAL_STATUS and (not last_id or parse_cursor(last_id) <= self.last)
+        ):
+            self.state = DONE
 
     async def _run_status(self) -> list[bytes | None]:
         key = self.ctx.keys.run(self.run_id)
         fields: list[bytes | None] = await self.ctx.redis.hmget(key, ["status", "last_event_id"])  # type: ignore[misc]
         return fields
 
-    async def _resync(self, sub: Subscription, sink: Sink, info: LogInfo) -> None:
+    async def _resync(self, viewer: Viewer, info: LogInfo) -> None:
         assert info.first_id is not None
         store = self.ctx.store
-        record = await retry_redis(sub, sink, store.get, self.run_id)
-        state = await retry_redis(sub, sink, store.state, self.run_id)
+        record = await viewer.retry_redis(store.get, self.run_id)
+        state = await viewer.retry_redis(store.state, self.run_id)
         first = format_id(info.first_id)
         body = codec.dumps({"run": record.model_dump(mode="json"), "state": state, "from": first})
-        await sink.write(sse.encode(body, event="resync"), 1)
-        self.stats.resyncs += 1
+        await viewer.write(sse.encode(body, event="resync"), 1)
+        viewer.stats.resyncs += 1
         self.last = just_before(info.first_id)
-
-
-async def retry_redis(
-    sub: Subscription, sink: Sink, fn: Callable[..., Awaitable[T]], *args: Any
-) -> T:
-    """`await fn(*args)`, retried with backoff while Redis is unreachable (heartbeats go on).
-
-    Raises `Stop` when the viewer's subscription is closed meanwhile.
-    """
-    delay = 0.05
-    while True:
-        try:
-            async with sub.reads:
-                return await fn(*args)
-        except REDIS_DOWN as exc:
-            sink.stats.redis_retries += 1
-            log.debug("redis unreachable (%s); retrying in %.2fs", exc, delay)
-        if sub.closed:
-            raise Stop
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
-        if time.monotonic() - sink.last_write > sink.heartbeat:
-            await sink.write(HEARTBEAT)
