@@ -32,6 +32,9 @@ class Settings(BaseModel):
     data_dir: Path = Field(Path(".tidings"), description="Embedded Valkey's data directory.")
     host: str = Field("127.0.0.1", description="Gateway bind address.")
     port: int = Field(8000, ge=0, le=65535, description="Gateway port.")
+    gateway_workers: int = Field(
+        1, ge=1, le=64, description="Gateway processes sharing the port (SO_REUSEPORT)."
+    )
     log_level: str = Field(
         "info",
         pattern=r"^(debug|info|warning|error)$",

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     gw = sub.add_parser("gateway", help="run one gateway (HTTP API, SSE, dashboard) in foreground")
     gw.add_argument("--port", type=int)
     gw.add_argument("--host")
+    gw.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port via SO_REUSEPORT (default TIDINGS_GATEWAY_WORKERS or 1)",
+    )
     sub.add_parser("worker", help="run one worker in the foreground")
 
     client = argparse.ArgumentParser(add_help=False)
@@ -119,8 +124,15 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     from services.gateway.main import serve
+    from services.gateway.pool import serve_pool
 
-    serve(with_redis_url(settings))
+    settings = with_redis_url(settings)
+    workers = args.workers if args.workers is not None else settings.gateway_workers
+    if workers < 1:
+        raise CliError("--workers must be at least 1", EXIT_USAGE)
+    if workers > 1:
+        return serve_pool(settings, workers)
+    serve(settings)
     return EXIT_OK
 
 

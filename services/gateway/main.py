@@ -18,7 +18,7 @@ from shared.settings import Settings
 from .app import create_app, with_stream_lane
 from .fastpath import HttpToolsProtocol
 
-__all__ = ["GRACEFUL_SHUTDOWN_S", "serve"]
+__all__ = ["GRACEFUL_SHUTDOWN_S", "configure_logging", "serve"]
 
 GRACEFUL_SHUTDOWN_S = 5
 
@@ -35,13 +35,22 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(settings: Settings, *, access_log: bool = False) -> None:
-    """Run one gateway in the foreground until SIGINT/SIGTERM."""
+def configure_logging(settings: Settings) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+
+
+def serve(
+    settings: Settings, *, access_log: bool = False, sockets: list[socket.socket] | None = None
+) -> None:
+    """Run one gateway process in the foreground until SIGINT/SIGTERM.
+
+    `sockets`: listening sockets to serve on instead of binding `settings.host:port` (the
+    processes of `tidings gateway --workers N` each bring their own SO_REUSEPORT socket)."""
+    configure_logging(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         with_stream_lane(app),
@@ -53,4 +62,4 @@ def serve(settings: Settings, *, access_log: bool = False) -> None:
         lifespan="on",
         http=HttpToolsProtocol,
     )
-    _Server(config, app).run()
+    _Server(config, app).run(sockets=sockets)
