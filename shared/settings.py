@@ -52,6 +52,9 @@ class Settings(BaseModel):
         ge=1_024,
         description="Bytes of events buffered per viewer before it catches up from the log.",
     )
+    stream_max_runs: int = Field(
+        64, ge=1, le=1_000, description="Runs one multiplexed stream (`/api/streams`) may carry."
+    )
     send_timeout_s: float = Field(
         30.0, gt=0, description="A viewer that accepts no bytes for this long is disconnected."
     )

@@ -153,11 +153,15 @@ class Hub:
             viewer = cur.viewer
             assert viewer is not None
             transport = viewer.transport
-            if viewer.task is None and cur.render is None and transport is not None:
+            if viewer.task is None and transport is not None:
                 try:
                     if transport.get_write_buffer_size() < viewer.high_water:
-                        transport.write(frame)
-                        written += 1
+                        if cur.render is None:
+                            transport.write(frame)
+                            written += 1
+                        elif data := msg.rendered_chunk(cur.render):  # skipped when empty
+                            transport.write(data)
+                            written += 1
                         viewer.wrote = True
                         if mid is not None:
                             cur.last = mid

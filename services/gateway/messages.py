@@ -72,10 +72,9 @@ class Message:
         self.sse = sse
         self.chunk = chunk(sse)
         self.terminal = terminal
-        self._cache: dict[Render, bytes | None] | None = None
+        self._cache: dict[Render, tuple[bytes | None, bytes]] | None = None
 
-    def rendered(self, render: Render) -> bytes | None:
-        """`render(raw)`, computed once per distinct render function (a few are cached)."""
+    def _render(self, render: Render) -> tuple[bytes | None, bytes]:
         cache = self._cache
         if cache is None:
             cache = self._cache = {}
@@ -83,9 +82,18 @@ class Message:
             return cache[render]
         except KeyError:
             out = render(self.raw)
+            both = (out, chunk(out) if out else b"")
             if len(cache) < _MAX_RENDER_CACHE:
-                cache[render] = out
-            return out
+                cache[render] = both
+            return both
+
+    def rendered(self, render: Render) -> bytes | None:
+        """`render(raw)`, computed once per distinct render function (a few are cached)."""
+        return self._render(render)[0]
+
+    def rendered_chunk(self, render: Render) -> bytes:
+        """`rendered(render)` framed as one HTTP chunk; empty when the render skips the event."""
+        return self._render(render)[1]
 
 
 def event_message(data: bytes) -> Message | None:

@@ -12,28 +12,26 @@ import asyncio
 import logging
 from typing import Any
 
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from shared import codec, sse
+from shared import codec
 from shared.keys import check_run_id
-from shared.runs import RunRecord
 
-from .context import Gateway, gateway
+from .context import gateway
+from .cursors import LifecycleCursor, format_id
 from .errors import BadRequest, error_response
 from .metrics import CONTENT_TYPE, render
+from .multiplex import streams
 from .run_routes import run_view
-from .streaming import event_stream, format_id, request_cursor, stream_run
-from .viewer import Cursor, Viewer
+from .streaming import event_stream, request_cursor, stream_run
 
-__all__ = ["SNAPSHOT_SIZE", "LifecycleCursor", "lane", "routes"]
+__all__ = ["lane", "routes"]
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_SIZE = 50
 _MAX_PAGE = 1000
 _DEFAULT_PAGE = 100
 
@@ -107,40 +105,6 @@ async def runs_events(request: Request) -> Response:
     return event_stream(ctx, [LifecycleCursor(ctx)], ends_when_done=False)
 
 
-class LifecycleCursor(Cursor):
-    """The run-list feed. Summaries have no log to replay: a fresh snapshot is the catch-up,
-    taken after buffering restarted, so whatever follows it is at least as new."""
-
-    __slots__ = ("ctx",)
-    ends_on_terminal = False
-
-    def __init__(self, ctx: Gateway) -> None:
-        super().__init__(ctx.keys.runs_channel, (0, 0), None)
-        self.ctx = ctx
-
-    async def catch_up(self, viewer: Viewer) -> None:
-        await viewer.write(await viewer.retry_redis(_snapshot, self.ctx), 1)
-
-
-async def _snapshot(ctx: Gateway) -> bytes:
-    ids: list[bytes] = await ctx.redis.zrevrange(ctx.keys.runs, 0, SNAPSHOT_SIZE - 1)
-    async with ctx.redis.pipeline(transaction=False) as pipe:
-        for rid in ids:
-            pipe.hgetall(ctx.keys.run(rid.decode()))
-        hashes: list[dict[bytes, bytes]] = await pipe.execute()
-    runs = []
-    for rid, raw in zip(ids, hashes, strict=True):
-        if not raw:
-            continue
-        try:
-            record = RunRecord.from_hash(rid.decode(), raw)
-        except (ValidationError, ValueError):
-            log.warning("skipping unreadable run record %r in the snapshot", rid)
-            continue
-        runs.append(record.summary().model_dump(mode="json"))
-    return sse.encode(codec.dumps({"runs": runs}), event="snapshot")
-
-
 async def healthz(request: Request) -> Response:
     return _JSON({"status": "ok"})
 
@@ -165,6 +129,7 @@ async def metrics(request: Request) -> Response:
 
 # Served by the streaming lane (`lane.py`) ahead of the middleware, and by the app after it.
 lane: list[Route] = [
+    Route("/api/streams", streams, methods=["GET"]),
     Route("/api/runs/events", runs_events, methods=["GET"]),
     Route("/api/runs/{run_id}/events", run_events, methods=["GET"]),
 ]

@@ -27,33 +27,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from shared import codec, sse
-from shared.bus import LogInfo
 from shared.errors import NotFound
-from shared.events import TERMINAL_STATUSES, TERMINAL_TYPES
 from shared.keys import check_run_id
-from shared.streamid import StreamId, just_before, parse_cursor
+from shared.streamid import StreamId, parse_cursor
 
 from .context import Gateway, gateway
+from .cursors import RunCursor
 from .fanout import Hub
 from .fastpath import stream_transport
-from .messages import Render, describe, frame
-from .viewer import DONE, Cursor, Viewer
+from .messages import Render
+from .viewer import Cursor, Viewer
 
 __all__ = [
     "SSE_HEADERS",
     "EventStreamResponse",
-    "RunCursor",
     "event_stream",
-    "format_id",
     "request_cursor",
     "stream_run",
 ]
 
 log = logging.getLogger(__name__)
 
-_TERMINAL = frozenset(t.value.encode() for t in TERMINAL_TYPES)
-_TERMINAL_STATUS = frozenset(s.value.encode() for s in TERMINAL_STATUSES)
 SSE_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 
 
@@ -110,10 +104,6 @@ def event_stream(
     )
 
 
-def format_id(sid: StreamId) -> str:
-    return f"{sid[0]}-{sid[1]}"
-
-
 def request_cursor(request: Request) -> StreamId | None:
     """The viewer's cursor: the `Last-Event-ID` header, else `?after=`; None when neither.
 
@@ -149,67 +139,3 @@ async def stream_run(
     if not await ctx.store.exists(run_id):
         raise NotFound(f"no run {run_id!r}")
     return event_stream(ctx, [RunCursor(ctx, run_id, after or (0, 0), render)], preamble=preamble)
-
-
-class RunCursor(Cursor):
-    """A position in one run's event log; done after the run's terminal event."""
-
-    __slots__ = ("ctx", "run_id")
-
-    def __init__(self, ctx: Gateway, run_id: str, last: StreamId, render: Render | None) -> None:
-        super().__init__(ctx.keys.run_channel(run_id), last, render)
-        self.ctx = ctx
-        self.run_id = run_id
-
-    async def catch_up(self, viewer: Viewer) -> None:
-        """Replay the log after the cursor; DONE when the run's stream is over."""
-        ctx, run_id, page_size = self.ctx, self.run_id, self.ctx.settings.replay_page
-        stats = viewer.stats
-        while True:
-            # Each page comes with the log's shape from the same snapshot: a trim that overtakes
-            # the cursor, before or between pages, is always seen and answered with a resync.
-            page, info = await viewer.retry_redis(ctx.bus.read_page, run_id, self.last, page_size)
-            if info.has_gap_after(self.last):
-                await self._resync(viewer, info)
-                continue
-            parts, done = [], False
-            for sid, raw in page:
-                eid, etype = describe(raw)
-                self.last = sid
-                data = frame(eid, etype, raw) if self.render is None else self.render(raw)
-                if data:
-                    parts.append(data)
-                if etype in _TERMINAL:
-                    done = True
-                    break
-            stats.replayed_events += len(parts)
-            if parts:
-                await viewer.write(b"".join(parts), len(parts))
-            if done:
-                self.state = DONE
-                return
-            if len(page) < page_size:
-                break
-        # The log has nothing after the cursor. A run that already ended says nothing more
-        # (e.g. a viewer resuming from the terminal event's id): this cursor is done.
-        status, last_id = await viewer.retry_redis(self._run_status)
-        if status is None or (
-            status in _TERMINAL_STATUS and (not last_id or parse_cursor(last_id) <= self.last)
-        ):
-            self.state = DONE
-
-    async def _run_status(self) -> list[bytes | None]:
-        key = self.ctx.keys.run(self.run_id)
-        fields: list[bytes | None] = await self.ctx.redis.hmget(key, ["status", "last_event_id"])  # type: ignore[misc]
-        return fields
-
-    async def _resync(self, viewer: Viewer, info: LogInfo) -> None:
-        assert info.first_id is not None
-        store = self.ctx.store
-        record = await viewer.retry_redis(store.get, self.run_id)
-        state = await viewer.retry_redis(store.state, self.run_id)
-        first = format_id(info.first_id)
-        body = codec.dumps({"run": record.model_dump(mode="json"), "state": state, "from": first})
-        await viewer.write(sse.encode(body, event="resync"), 1)
-        viewer.stats.resyncs += 1
-        self.last = just_before(info.first_id)

@@ -8,9 +8,10 @@ The fast path and the service task:
 
 - While a viewer is *quiet* (no service task running, every cursor live) the hub writes each
   event's once-framed bytes (`Message.chunk`) straight to the viewer's transport from its dispatch
-  loop: no task switch, no ASGI `send`, no per-viewer encoding. Only when the transport's buffer
-  is above its high-water mark, a cursor renders its own bytes (seed routes), or a cursor is
-  catching up, does a delivery go into the viewer's bounded buffer, and a service task is started
+  loop: no task switch, no ASGI `send`, no per-viewer encoding (a cursor with its own framing, such
+  as a multiplexed or a seed stream, gets bytes cached on the message per framing). Only when the
+  transport's buffer is above its high-water mark or a cursor is catching up does a delivery go
+  into the viewer's bounded buffer, and a service task is started
   to drain it through the ASGI `send` (which waits for the transport to drain, bounded by the send
   timeout). While the service task runs, every delivery goes through the buffer, so bytes never
   overtake each other; once it has nothing left to do it ends and the fast path resumes.

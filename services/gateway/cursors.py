@@ -1,0 +1,134 @@
+"""Cursors: how a viewer catches up on one channel from Redis.
+
+- `RunCursor`: a position in one run's event log. Catching up replays the log after it in pages;
+  a position older than the trimmed log gets an explicit `resync` event (run record + state
+  snapshot) and continues from the oldest entry left; the cursor is done after the run's terminal
+  event, or when the log has nothing more and the run has ended.
+- `LifecycleCursor`: the run-list feed. Summaries have no log: a fresh snapshot is the catch-up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from shared import codec, sse
+from shared.bus import LogInfo
+from shared.events import TERMINAL_STATUSES, TERMINAL_TYPES
+from shared.runs import RunRecord
+from shared.streamid import StreamId, just_before, parse_cursor
+
+from .context import Gateway
+from .messages import Render, describe, frame
+from .viewer import DONE, Cursor, Viewer
+
+__all__ = ["SNAPSHOT_SIZE", "LifecycleCursor", "RunCursor", "format_id"]
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_SIZE = 50
+_TERMINAL = frozenset(t.value.encode() for t in TERMINAL_TYPES)
+_TERMINAL_STATUS = frozenset(s.value.encode() for s in TERMINAL_STATUSES)
+
+
+def format_id(sid: StreamId) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+class RunCursor(Cursor):
+    """A position in one run's event log; done after the run's terminal event."""
+
+    __slots__ = ("ctx", "run_id")
+
+    def __init__(self, ctx: Gateway, run_id: str, last: StreamId, render: Render | None) -> None:
+        super().__init__(ctx.keys.run_channel(run_id), last, render)
+        self.ctx = ctx
+        self.run_id = run_id
+
+    async def catch_up(self, viewer: Viewer) -> None:
+        """Replay the log after the cursor; DONE when the run's stream is over."""
+        ctx, run_id, page_size = self.ctx, self.run_id, self.ctx.settings.replay_page
+        stats = viewer.stats
+        while True:
+            # Each page comes with the log's shape from the same snapshot: a trim that overtakes
+            # the cursor, before or between pages, is always seen and answered with a resync.
+            page, info = await viewer.retry_redis(ctx.bus.read_page, run_id, self.last, page_size)
+            if info.has_gap_after(self.last):
+                await self._resync(viewer, info)
+                continue
+            parts, done = [], False
+            for sid, raw in page:
+                eid, etype = describe(raw)
+                self.last = sid
+                data = frame(eid, etype, raw) if self.render is None else self.render(raw)
+                if data:
+                    parts.append(data)
+                if etype in _TERMINAL:
+                    done = True
+                    break
+            stats.replayed_events += len(parts)
+            if parts:
+                await viewer.write(b"".join(parts), len(parts))
+            if done:
+                self.state = DONE
+                return
+            if len(page) < page_size:
+                break
+        # The log has nothing after the cursor. A run that already ended says nothing more
+        # (e.g. a viewer resuming from the terminal event's id): this cursor is done.
+        status, last_id = await viewer.retry_redis(self._run_status)
+        if status is None or (
+            status in _TERMINAL_STATUS and (not last_id or parse_cursor(last_id) <= self.last)
+        ):
+            self.state = DONE
+
+    async def _run_status(self) -> list[bytes | None]:
+        key = self.ctx.keys.run(self.run_id)
+        fields: list[bytes | None] = await self.ctx.redis.hmget(key, ["status", "last_event_id"])  # type: ignore[misc]
+        return fields
+
+    async def _resync(self, viewer: Viewer, info: LogInfo) -> None:
+        assert info.first_id is not None
+        store = self.ctx.store
+        record = await viewer.retry_redis(store.get, self.run_id)
+        state = await viewer.retry_redis(store.state, self.run_id)
+        first = format_id(info.first_id)
+        body = codec.dumps({"run": record.model_dump(mode="json"), "state": state, "from": first})
+        await viewer.write(sse.encode(body, event="resync"), 1)
+        viewer.stats.resyncs += 1
+        self.last = just_before(info.first_id)
+
+
+class LifecycleCursor(Cursor):
+    """The run-list feed. Summaries have no log to replay: a fresh snapshot is the catch-up,
+    taken after buffering restarted, so whatever follows it is at least as new."""
+
+    __slots__ = ("ctx",)
+    ends_on_terminal = False
+
+    def __init__(self, ctx: Gateway) -> None:
+        super().__init__(ctx.keys.runs_channel, (0, 0), None)
+        self.ctx = ctx
+
+    async def catch_up(self, viewer: Viewer) -> None:
+        await viewer.write(await viewer.retry_redis(_snapshot, self.ctx), 1)
+
+
+async def _snapshot(ctx: Gateway) -> bytes:
+    ids: list[bytes] = await ctx.redis.zrevrange(ctx.keys.runs, 0, SNAPSHOT_SIZE - 1)
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for rid in ids:
+            pipe.hgetall(ctx.keys.run(rid.decode()))
+        hashes: list[dict[bytes, bytes]] = await pipe.execute()
+    runs = []
+    for rid, raw in zip(ids, hashes, strict=True):
+        if not raw:
+            continue
+        try:
+            record = RunRecord.from_hash(rid.decode(), raw)
+        except (ValidationError, ValueError):
+            log.warning("skipping unreadable run record %r in the snapshot", rid)
+            continue
+        runs.append(record.summary().model_dump(mode="json"))
+    return sse.encode(codec.dumps({"runs": runs}), event="snapshot")
