@@ -137,9 +137,7 @@ async def test_many_multiplexed_viewers_share_each_events_bytes(
     runs = [await store.create("demo", None) for _ in range(3)]
     query = "&".join(f"run={r.run_id}" for r in runs)
     streams: list[RawStream] = [await gw.stream(f"/api/streams?{query}") for _ in range(30)]
-    await wait_for(
-        lambda: _viewers_are(gw, 30 * 3), "30 multiplexed viewers of 3 runs", timeout=20
-    )
+    await wait_for(lambda: _viewers_are(gw, 30 * 3), "30 multiplexed viewers of 3 runs", timeout=20)
     readers = [asyncio.create_task(s.read_to_end()) for s in streams]
     for i in range(20):
         for r in runs:
