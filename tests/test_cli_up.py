@@ -251,3 +251,25 @@ def test_up_with_redis_url_uses_it_and_starts_no_valkey(
     assert not (data / "redis.url").exists()
     assert _stop(up, signal.SIGINT, processes) == 0
     _assert_all_gone(children)
+
+
+def test_up_with_two_gateway_processes_serves_and_stops_them_all(
+    tmp_path: Path, processes: Processes
+) -> None:
+    port = free_port()
+    env = _up_env(tmp_path / "data", port)
+    up = processes.start([*CLI, "up", "--workers", "1", "--gateway-workers", "2"], env=env)
+    _wait_ready(up, processes, port)
+    deadline = time.monotonic() + 30
+    while True:
+        gateways = [c for c in _descendants(up.pid) if "--reuse-port" in " ".join(c.cmdline())]
+        if len(gateways) == 2 and all(
+            any(s.status == psutil.CONN_LISTEN for s in g.net_connections()) for g in gateways
+        ):
+            break
+        assert time.monotonic() < deadline, processes.output(up)
+        time.sleep(0.1)
+    children = _descendants(up.pid)
+    assert _stop(up, signal.SIGINT, processes) == 0
+    _assert_all_gone(children)
+    assert not _left_behind(tmp_path / "data")

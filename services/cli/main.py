@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     up.add_argument("--port", type=int, help="gateway port (default TIDINGS_PORT or 8000)")
     up.add_argument("--host", help="gateway bind address (default TIDINGS_HOST or 127.0.0.1)")
+    up.add_argument(
+        "--gateway-workers",
+        type=int,
+        help="gateway processes on the one port (default TIDINGS_GATEWAY_WORKERS or 1)",
+    )
     up.add_argument("--grace", type=float, default=10.0, help="seconds to wait on shutdown")
 
     gw = sub.add_parser("gateway", help="run one gateway (HTTP API, SSE, dashboard) in foreground")
@@ -49,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--host")
     gw.add_argument(
         "--workers",
+        dest="gateway_workers",
         type=int,
         help="processes sharing the port via SO_REUSEPORT (default TIDINGS_GATEWAY_WORKERS or 1)",
     )
@@ -89,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    overrides = {
+        k: v
+        for k in ("host", "port", "gateway_workers")
+        if (v := getattr(args, k, None)) is not None
+    }
     try:
         settings = Settings.from_env(**overrides)
     except ValueError as exc:
@@ -127,11 +137,8 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
     from services.gateway.pool import serve_pool
 
     settings = with_redis_url(settings)
-    workers = args.workers if args.workers is not None else settings.gateway_workers
-    if workers < 1:
-        raise CliError("--workers must be at least 1", EXIT_USAGE)
-    if workers > 1:
-        return serve_pool(settings, workers)
+    if settings.gateway_workers > 1:
+        return serve_pool(settings, settings.gateway_workers)
     serve(settings)
     return EXIT_OK
 

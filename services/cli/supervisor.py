@@ -134,6 +134,7 @@ class Supervisor:
             REDIS_URL=redis_url,
             TIDINGS_HOST=self.settings.host,
             TIDINGS_PORT=str(self.settings.port),
+            TIDINGS_GATEWAY_WORKERS=str(self.settings.gateway_workers),
             TIDINGS_NAMESPACE=self.settings.namespace,
             TIDINGS_DATA_DIR=str(self.settings.data_dir),
             PYTHONUNBUFFERED="1",
