@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from services.bench import crowd_client
 from services.bench.harness import percentile
 from services.bench.runner import BENCHMARKS
 from services.bench.workflows import EMIT
@@ -66,6 +68,75 @@ def test_bench_quick_dispatch_recovery_and_breadth_complete(tmp_path: Path) -> N
     assert breadth["max_jobs_per_worker"] == 2
     assert breadth["research_phase_one_s"] > 0 and breadth["research_phase_four_s"] > 0
     assert "1 run slot + 1 task slot" in stdout
+
+
+@pytest.mark.timeout(170)
+def test_bench_quick_paced_idle_and_manyruns_measure_tidings_and_every_baseline(
+    tmp_path: Path,
+) -> None:
+    stdout, results = _bench(tmp_path, ["paced", "idle", "manyruns"], 160)
+    assert "fan-out paced" in stdout and "idle viewers" in stdout
+
+    paced = results["paced"]["details"]
+    servers = paced["servers"]
+    assert set(servers) == {"tidings", "sse-starlette", "naive", "floor"}
+    for key, server in servers.items():
+        assert "error" not in server, (key, server)
+        for tag in ("r40", "r10"):
+            load = server[tag]
+            assert load["cpu_us_per_delivery"] > 0 and load["server_cpu_s"] > 0, (key, tag)
+            assert load["p99_ms"] >= load["p50_ms"] > 0 and load["latency_samples"] > 0
+            assert load["valkey_cpu_s"] >= 0 and load["publisher_cpu_s"] > 0
+    # No event lost by Tidings: every viewer counted every event of both loads.
+    tidings = servers["tidings"]
+    for tag in ("r40", "r10"):
+        load = tidings[tag]
+        assert load["events_per_run"] > 0 and load["complete"] is True
+        assert load["deliveries"] == load["expected"] == load["events_per_run"] * paced["viewers"]
+    crowd = tidings["crowd"]
+    per_viewer = tidings["r40"]["events_per_run"] + tidings["r10"]["events_per_run"]
+    assert crowd["viewers"] == crowd["done"] == paced["viewers"] and crowd["failed"] == 0
+    assert crowd["min_count"] == crowd["max_count"] == per_viewer
+    summary = paced["summary"]["cpu_us_per_delivery"]["r40"]
+    assert results["paced"]["figure"] == summary["tidings"]
+    assert results["paced"]["baseline"] == summary["sse-starlette"]
+    assert paced["cpu_us_per_delivery_vs_floor"] > 0 and paced["p99_ms_r10_vs_floor"] > 0
+
+    idle = results["idle"]["details"]
+    assert set(idle["servers"]) == {"tidings", "sse-starlette", "floor", "naive"}
+    for key, server in idle["servers"].items():
+        assert "error" not in server, (key, server)
+        assert server["kb_per_viewer"] > 0 and server["idle_cpu_pct"] >= 0
+        assert server["rss_connected_mb"] > server["rss_before_mb"] > 0
+        assert server["crowd"]["done"] == idle["viewers"] and server["crowd"]["failed"] == 0
+    assert results["idle"]["figure"] == idle["kb_per_viewer"]["tidings"]
+
+    many = results["manyruns"]["details"]
+    assert set(many["servers"]) == {"tidings", "sse-starlette", "floor"}
+    for key, server in many["servers"].items():
+        assert "error" not in server, (key, server)
+        assert server["r5"]["cpu_us_per_delivery"] > 0 and server["r5"]["p99_ms"] > 0
+    load = many["servers"]["tidings"]["r5"]
+    assert load["deliveries"] == load["expected"] == load["events_per_run"] * many["viewers"]
+
+
+async def test_crowd_viewer_counts_each_event_once_however_the_stream_is_split() -> None:
+    # The kept tail is as long as `event: workflow_completed`, so a whole `event: task_progress`
+    # fits in it: it was once counted again with the next chunk.
+    crowd = crowd_client._Crowd(1, b"event: task_progress", b"event: workflow_completed")
+    viewer = crowd_client._Viewer(crowd, b"", timed=False)
+    viewer.data_received(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    events = [b"id: 1-%d\nevent: task_progress\ndata: {}\n\n" % i for i in range(500)]
+    events = [e for event in events for e in (event, b": ping\n\n")]
+    events.append(b"id: 2-0\nevent: workflow_completed\ndata: {}\n\n")
+    stream = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    rng = random.Random(7)
+    at = 0
+    while at < len(stream) and not viewer.finished:
+        step = rng.randint(1, 40)
+        viewer.data_received(stream[at : at + step])
+        at += step
+    assert (viewer.n, viewer.pings, crowd.done) == (500, 500, 1)
 
 
 def test_bench_rejects_an_unknown_benchmark() -> None:

@@ -1,10 +1,12 @@
-"""Fan-out: events per second one gateway process delivers to N SSE viewers of one run.
+"""Fan-out burst: events per second one gateway process delivers to N SSE viewers of one run.
 
 Setup, identical for the gateway and for the naive hub (`naive_hub.py`, same uvicorn): a run,
 N viewers in a separate process (`viewers.py`), a marker event published every 50 ms until every
 viewer has received one (so all are subscribed), then E `task_progress` events published as fast
 as `Bus.publish_many` goes, then `workflow_completed`. The figure is N x E over the time from the
 first publish to the last viewer's terminal event; every viewer must have received all E events.
+A burst lets the server batch many events into one write; the paced shapes a live run produces
+are measured by `fanout_paced.py`, `fanout_manyruns.py` and `fanout_idle.py`.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ async def bench_fanout(srv: Servers, quick: bool) -> Result:
         await redis.aclose()
     return Result(
         name="fanout",
-        title=f"fan-out ({viewers} viewers x {events:,} events)",
+        title=f"fan-out burst ({viewers} viewers x {events:,} events)",
         figure=figure,
         unit="events/s",
         baseline=baseline,

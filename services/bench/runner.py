@@ -32,11 +32,20 @@ def _registry() -> dict[str, Bench]:
     from .breadth import bench_breadth
     from .dispatch import bench_dispatch
     from .fanout import bench_fanout
+    from .fanout_idle import bench_idle
+    from .fanout_manyruns import bench_manyruns
+    from .fanout_paced import bench_paced, bench_paced5k
+    from .fanout_scaling import bench_scaling
     from .publish import bench_publish
     from .recovery import bench_recovery
 
     return {
         "fanout": bench_fanout,
+        "paced": bench_paced,
+        "paced5k": bench_paced5k,
+        "idle": bench_idle,
+        "manyruns": bench_manyruns,
+        "scaling": bench_scaling,
         "publish": bench_publish,
         "dispatch": bench_dispatch,
         "recovery": bench_recovery,
@@ -44,7 +53,18 @@ def _registry() -> dict[str, Bench]:
     }
 
 
-BENCHMARKS = ("fanout", "publish", "dispatch", "recovery", "breadth")
+BENCHMARKS = (
+    "fanout",
+    "paced",
+    "paced5k",
+    "idle",
+    "manyruns",
+    "scaling",
+    "publish",
+    "dispatch",
+    "recovery",
+    "breadth",
+)
 
 
 async def _one(name: str, fn: Bench, quick: bool) -> Result:

@@ -67,8 +67,9 @@ async def _viewer(url: str, i: int, crowd: _Crowd, count: bytes, until: bytes) -
             if not ready and b"event: " in buf:
                 ready = True
                 crowd.mark_ready()
-            # A full match cannot fit in `tail`, so nothing is counted twice.
-            n += buf.count(count)
+            # `tail` is long enough for `until`, so a whole `count` can fit in it: a match inside
+            # it was counted with the previous chunk, one straddling it and this chunk was not.
+            n += buf.count(count) - tail.count(count)
             if until in buf:
                 crowd.done[i] = time.monotonic()
                 break

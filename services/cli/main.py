@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print the runs as JSON")
 
     bench = sub.add_parser("bench", help="benchmarks against their baselines, on real servers")
-    bench.add_argument("--quick", action="store_true", help="smaller sizes (~40 s)")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes for all)")
     bench.add_argument("--only", action="append", metavar="NAME", help="run only these")
     bench.add_argument("--json", metavar="PATH", help="also write results as JSON")
 
