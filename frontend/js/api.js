@@ -1,4 +1,5 @@
 // JSON over fetch, with the gateway's error shape {"error": {"code", "message"}} turned into Error.
+// Live data never comes from here: event streams are live.js's alone.
 export class ApiError extends Error {
   constructor(status, code, message, details) {
     super(message);
@@ -14,9 +15,19 @@ export async function api(path, { method = "GET", body } = {}) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const res = await fetch(path, init);
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, "network", "the gateway is unreachable", null);
+  }
   const text = await res.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
   if (!res.ok) {
     const err = (data && data.error) || {};
     throw new ApiError(res.status, err.code || "error", err.message || res.statusText, err.details);
@@ -24,30 +35,41 @@ export async function api(path, { method = "GET", body } = {}) {
   return data;
 }
 
-export const EVENT_TYPES = [
-  "workflow_started", "workflow_completed", "workflow_failed", "workflow_cancelled",
-  "workflow_paused", "workflow_resumed", "task_started", "task_progress", "task_completed",
-  "task_failed", "task_retrying", "iteration_started", "iteration_completed", "token",
-  "signal_received", "worker_lost", "log", "resync",
-];
+const enc = encodeURIComponent;
 
-export const TERMINAL = new Set(["workflow_completed", "workflow_failed", "workflow_cancelled"]);
+export const getRun = (id) => api(`/api/runs/${enc(id)}`);
+export const getState = (id) => api(`/api/runs/${enc(id)}/state`);
+export const startRun = (workflow, input) => api("/api/runs", { method: "POST", body: { workflow, input } });
+export const signal = (id, name, payload = {}) =>
+  api(`/api/runs/${enc(id)}/signals/${enc(name)}`, { method: "POST", body: payload });
 
-// Follow one run's events. EventSource resumes with Last-Event-ID by itself after a drop; we close
-// it after the terminal event so it does not reconnect to a finished stream.
-export function followRun(runId, onEvent, onState) {
-  const source = new EventSource(`/api/runs/${encodeURIComponent(runId)}/events`);
-  for (const type of EVENT_TYPES) {
-    source.addEventListener(type, (msg) => {
-      const event = JSON.parse(msg.data);
-      onEvent(type, event);
-      if (TERMINAL.has(type)) {
-        source.close();
-        onState && onState("closed");
-      }
-    });
+export function listRuns({ workflow = "", status = "", limit = 25, before = "" } = {}) {
+  const q = new URLSearchParams();
+  if (workflow) q.set("workflow", workflow);
+  if (status) q.set("status", status);
+  if (before) q.set("before", before);
+  q.set("limit", String(limit));
+  return api(`/api/runs?${q}`);
+}
+
+let catalog = null;
+export function workflows() {
+  catalog = catalog || api("/api/workflows").then((d) => (Array.isArray(d) ? d : d.workflows || []));
+  catalog.catch(() => { catalog = null; });
+  return catalog;
+}
+
+// The whole log of a run as JSON pages (for Compare), at most `maxPages` pages of 1000.
+export async function allEvents(id, maxPages = 30) {
+  const out = [];
+  let after = "";
+  for (let page = 0; page < maxPages; page++) {
+    const q = new URLSearchParams({ limit: "1000" });
+    if (after) q.set("after", after);
+    const data = await api(`/api/runs/${enc(id)}/events?${q}`);
+    out.push(...data.events);
+    if (!data.next || data.events.length < 1000) return { events: out, complete: true };
+    after = data.next;
   }
-  source.onopen = () => onState && onState("open");
-  source.onerror = () => onState && onState(source.readyState === EventSource.CLOSED ? "closed" : "reconnecting");
-  return source;
+  return { events: out, complete: false };
 }

@@ -1,36 +1,125 @@
-// Tabs, the status bar and the wiring between the three views.
+// The shell: ARIA tabs, hash routes, the status bar, the running indicator and Start Monty.
+//
+// Routes (reload restores the view): #/runs · #/runs/{id} (a run's trace) · #/trace · #/chat ·
+// #/compare[/{id},{id}…]. The old #run={id} still opens a trace.
+import { startRun } from "./api.js";
 import { initChat } from "./chat.js";
+import { initCompare, showCompare } from "./compare.js";
+import { $, h, setText } from "./dom.js";
+import { activeMonty, connectionState, onFeed, startFeed } from "./feed.js";
+import { shortId } from "./format.js";
 import { initRuns } from "./runs.js";
-import { initTrace, showRun } from "./trace.js";
+import { initStartForm } from "./start-form.js";
+import { tablist } from "./tabs.js";
+import { currentRun, initTrace, refresh as refreshTrace, showRun } from "./trace.js";
 
-function showTab(name) {
-  for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === name);
-  for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
-  if (name === "trace" || name === "runs") history.replaceState(null, "", name === "trace" && location.hash.startsWith("#run=") ? location.hash : "#");
+let compareIds = [];
+
+function announce(text) {
+  const el = $("announcer");
+  el.textContent = "";
+  requestAnimationFrame(() => { el.textContent = text; });
 }
 
-function setStatus(state) {
-  const bar = document.getElementById("status-bar");
-  bar.classList.toggle("offline", state === "offline");
-  bar.textContent = state === "offline" ? "Disconnected from the gateway: reconnecting…" : "Connected: live updates on.";
+function hashFor(tab) {
+  if (tab === "trace") return currentRun() ? `#/runs/${encodeURIComponent(currentRun())}` : "#/trace";
+  if (tab === "compare") return compareIds.length ? `#/compare/${compareIds.map(encodeURIComponent).join(",")}` : "#/compare";
+  return `#/${tab}`;
 }
 
-for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
-initRuns({ onSelect: select, onStatus: setStatus });
-initTrace({ onRunning: (on) => { document.querySelector(".running-indicator").hidden = !on; } });
-initChat();
-// `#run=ID` links open that run's trace, on load and when the hash changes.
-let shown = null;
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
+}
+
+const tabs = tablist(document.querySelector(".tabs"), { onSelect: (tab) => go(hashFor(tab.dataset.tab)) });
+
+function parse() {
+  const hash = decodeURIComponent(location.hash || "");
+  if (hash.startsWith("#run=")) return { tab: "trace", id: hash.slice(5) };
+  const parts = hash.replace(/^#\/?/, "").split("/");
+  if (parts[0] === "runs" && parts[1]) return { tab: "trace", id: parts.slice(1).join("/") };
+  if (parts[0] === "trace") return { tab: "trace", id: sessionStorage.getItem("tidings.run") || "" };
+  if (parts[0] === "chat") return { tab: "chat" };
+  if (parts[0] === "compare") return { tab: "compare", ids: (parts[1] || "").split(",").filter(Boolean) };
+  return { tab: "runs" };
+}
+
 function route() {
-  if (!location.hash.startsWith("#run=")) return;
-  const id = decodeURIComponent(location.hash.slice(5));
-  if (id !== shown) select(id);
+  const r = parse();
+  const fromTabs = document.activeElement && document.activeElement.getAttribute("role") === "tab";
+  if (location.hash.startsWith("#run=")) history.replaceState(null, "", `#/runs/${encodeURIComponent(r.id)}`);
+  tabs.select(r.tab);
+  if (r.tab === "trace" && r.id) {
+    sessionStorage.setItem("tidings.run", r.id);
+    showRun(r.id);
+    if (location.hash === "#/trace") history.replaceState(null, "", `#/runs/${encodeURIComponent(r.id)}`);
+  }
+  if (r.tab === "trace") refreshTrace();
+  if (r.tab === "compare") {
+    compareIds = r.ids;
+    showCompare(r.ids);
+  }
+  if (!fromTabs) $(`view-${r.tab}`).focus({ preventScroll: true });
 }
-function select(runId) {
-  shown = runId;
-  history.replaceState(null, "", `#run=${encodeURIComponent(runId)}`);
-  showRun(runId);
-  showTab("trace");
+
+function statusBar() {
+  const state = connectionState();
+  const conn = $("status-conn");
+  const bar = $("status-bar");
+  bar.classList.toggle("offline", state === "reconnecting" || state === "closed");
+  setText(conn, {
+    open: "Connected", connecting: "Connecting…", polling: "Live (polling)",
+    reconnecting: "Disconnected: reconnecting…", closed: "Disconnected.",
+  }[state] || state);
+  const monty = activeMonty();
+  const link = $("status-monty");
+  link.hidden = monty.length === 0;
+  if (monty.length) {
+    const running = monty.filter((r) => r.status === "running");
+    const first = running[0] || monty[0];
+    link.href = `#/runs/${encodeURIComponent(first.run_id)}`;
+    setText(link, monty.length === 1
+      ? `Status: Monty workflow is ${first.status} (${shortId(first.run_id)}) · view trace`
+      : `Status: ${monty.length} Monty workflows are running · view ${shortId(first.run_id)}`);
+  }
+  document.querySelector(".running-indicator").hidden = !monty.some((r) => r.status === "running" || r.status === "queued");
+  if (monty.length) $("tab-trace").setAttribute("aria-description", "a Monty workflow is running");
+  else $("tab-trace").removeAttribute("aria-description");
 }
+
+$("start-monty").addEventListener("click", async (ev) => {
+  const btn = ev.currentTarget;
+  btn.disabled = true;
+  try {
+    const run = await startRun("monty", {});
+    announce(`Monty started: run ${shortId(run.run_id)}`);
+    go(`#/runs/${encodeURIComponent(run.run_id)}`);
+  } catch (err) {
+    announce(`Could not start Monty: ${err.message}`);
+    setText($("status-conn"), `Could not start Monty: ${err.message}`);
+  } finally {
+    btn.disabled = false;
+  }
+});
+
+// The skip link moves focus to the open view without touching the route in the hash.
+document.querySelector(".skip-link").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  document.querySelector("main > .view:not([hidden])")?.focus();
+});
+
+initTrace({ announce });
+initStartForm({ onStarted: (run) => go(`#/runs/${encodeURIComponent(run.run_id)}`) });
+initRuns({
+  onOpen: (id) => go(`#/runs/${encodeURIComponent(id)}`),
+  onCompare: (ids) => go(`#/compare/${ids.map(encodeURIComponent).join(",")}`),
+});
+initCompare({ onCompare: (ids) => go(`#/compare/${ids.map(encodeURIComponent).join(",")}`) });
+initChat();
+onFeed(statusBar);
+startFeed();
 window.addEventListener("hashchange", route);
 route();
+statusBar();
+document.body.append(h("span", { hidden: true, id: "app-ready" }));
