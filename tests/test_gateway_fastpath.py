@@ -188,3 +188,33 @@ async def test_a_stalled_viewer_is_bounded_in_bytes_and_costs_a_reading_viewer_n
     assert [e["seq"] for e in events_of(rest)] == list(range(2, 3003))
     for s in (stalled, reading):
         s.close()
+
+
+async def test_events_read_from_redis_at_once_reach_each_viewer_in_one_write(
+    gateway_factory: GatewayFactory, bus: Bus, store: RunStore
+) -> None:
+    gw = await gateway_factory()
+    run = await store.create("demo", None)
+    await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go")
+    streams = [await gw.stream(f"/api/runs/{run.run_id}/events") for _ in range(10)]
+    for s in streams:
+        await s.take(1)
+    readers = [asyncio.create_task(s.read_to_end()) for s in streams]
+    before = await gw.metrics()
+    # One pipelined round trip: the gateway reads these pub/sub messages in one go.
+    commands = [bus.command(run.run_id, EventType.LOG, str(i)) for i in range(200)]
+    assert not [o for o in await bus.publish_many(commands) if isinstance(o, Exception)]
+    await bus.publish(run.run_id, EventType.WORKFLOW_COMPLETED, "done")
+    for messages in await asyncio.wait_for(asyncio.gather(*readers), 30):
+        assert [e["seq"] for e in events_of(messages)] == list(range(2, 203))
+    after = await gw.metrics()
+    written = (
+        after["tidings_gateway_direct_writes_total"] - before["tidings_gateway_direct_writes_total"]
+    )
+    writes = (
+        after["tidings_gateway_socket_writes_total"] - before["tidings_gateway_socket_writes_total"]
+    )
+    assert written == 10 * 201
+    assert writes < written / 4  # batches, not a write per event per viewer
+    for s in streams:
+        s.close()

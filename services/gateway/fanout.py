@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 from shared.keys import Keys
 
-from .messages import Message, event_message, summary_message
+from .messages import Message, chunk, event_message, summary_message
 from .metrics import Stats
 from .source import Source
 from .viewer import DONE, LAGGING, LIVE, Cursor, Viewer, ViewerLimits
@@ -70,6 +70,8 @@ class Hub:
         self._channels: dict[bytes, Channel] = {}
         self._viewers: set[Viewer] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._pending: dict[Channel, list[Message]] = {}
+        self._flush_scheduled = False
         self._closing = False
 
     @property
@@ -142,41 +144,103 @@ class Hub:
             msg = event_message(data)
         if msg is None:
             return
-        # The hot loop: one pass over the channel's cursors per message.
-        mid, frame, terminal = msg.id, msg.chunk, msg.terminal
-        written = 0
+        # Written once the source has handed over everything it read in one go: a burst becomes
+        # one write per viewer, a paced event is written a loop iteration later.
+        pending = self._pending.get(entry)
+        if pending is None:
+            self._pending[entry] = [msg]
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            pending.append(msg)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, {}
+        for entry, msgs in pending.items():
+            if len(msgs) == 1:
+                msg = msgs[0]
+                for cur in entry.cursors:
+                    if not cur.state:  # live (not lagging, not done)
+                        self._deliver(cur, msg)
+            else:
+                self._deliver_batch(entry, msgs)
+
+    def _deliver(self, cur: Cursor, msg: Message) -> None:
+        """One message to one live cursor: straight to the transport when the viewer is quiet."""
+        mid = msg.id
+        if mid is not None and mid <= cur.last:
+            return  # a catch-up already sent it
+        viewer = cur.viewer
+        assert viewer is not None
+        transport = viewer.transport
+        if viewer.task is None and transport is not None:
+            try:
+                if transport.get_write_buffer_size() < viewer.high_water:
+                    if cur.render is None:
+                        transport.write(msg.chunk)
+                        self._count(len(msg.sse), 1)
+                    elif data := msg.rendered_chunk(cur.render):  # empty: skipped by this framing
+                        transport.write(data)
+                        self._count(len(msg.rendered(cur.render) or b""), 1)
+                    viewer.wrote = True
+                    if mid is not None:
+                        cur.last = mid
+                    if msg.terminal and cur.ends_on_terminal:
+                        cur.state = DONE
+                        if viewer.ends_when_done:
+                            viewer.kick()  # finish the response
+                    return
+            except RuntimeError:
+                return  # the connection is gone; its handler releases the viewer
+        viewer.push(cur, msg)
+
+    def _deliver_batch(self, entry: Channel, msgs: list[Message]) -> None:
+        """Several messages of one channel read at once: one joined chunk for every quiet viewer
+        that needs all of them, message by message for the others."""
+        first, last = msgs[0].id, msgs[-1].id
+        clean = not any(m.terminal for m in msgs[:-1])  # nothing of a run after its end
+        joined = b"".join(m.sse for m in msgs) if clean else b""
+        frame = chunk(joined)
         for cur in entry.cursors:
-            if cur.state:  # lagging or done
+            if cur.state:
                 continue
-            if mid is not None and mid <= cur.last:
-                continue  # a catch-up already sent it
             viewer = cur.viewer
             assert viewer is not None
             transport = viewer.transport
-            if viewer.task is None and transport is not None:
+            if (
+                clean
+                and cur.render is None
+                and viewer.task is None
+                and transport is not None
+                and (first is None or first > cur.last)
+            ):
                 try:
                     if transport.get_write_buffer_size() < viewer.high_water:
-                        if cur.render is None:
-                            transport.write(frame)
-                            written += 1
-                        elif data := msg.rendered_chunk(cur.render):  # skipped when empty
-                            transport.write(data)
-                            written += 1
+                        transport.write(frame)
+                        self._count(len(joined), len(msgs))
                         viewer.wrote = True
-                        if mid is not None:
-                            cur.last = mid
-                        if terminal and cur.ends_on_terminal:
+                        if last is not None:
+                            cur.last = last
+                        if msgs[-1].terminal and cur.ends_on_terminal:
                             cur.state = DONE
                             if viewer.ends_when_done:
-                                viewer.kick()  # finish the response
+                                viewer.kick()
                         continue
                 except RuntimeError:
-                    continue  # the connection is gone; its handler releases the viewer
-            viewer.push(cur, msg)
-        if written:
-            self.stats.direct_writes += written
-            self.stats.sse_messages += written
-            self.stats.sse_bytes += written * len(msg.sse)
+                    continue
+            for msg in msgs:
+                if cur.state:
+                    break
+                self._deliver(cur, msg)
+
+    def _count(self, size: int, messages: int) -> None:
+        stats = self.stats
+        stats.socket_writes += 1
+        stats.direct_writes += messages
+        stats.sse_messages += messages
+        stats.sse_bytes += size
 
     def on_ready(self, channel: bytes) -> None:
         """Confirmed subscribed: every cursor replays from its position before going live."""

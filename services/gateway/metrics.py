@@ -29,6 +29,7 @@ class Stats:
     summaries_received: int = 0  # messages on the lifecycle channel
     sse_messages: int = 0
     direct_writes: int = 0  # of those, written by the hub straight to a viewer's transport
+    socket_writes: int = 0  # the transport writes that took (a burst shares one per viewer)
     sse_bytes: int = 0
     catchups: int = 0  # times a viewer replayed from the log (first connect included)
     replayed_events: int = 0
@@ -56,6 +57,7 @@ _COUNTERS = (
     ("summaries_received", "Run lifecycle summaries received from Redis pub/sub."),
     ("sse_messages", "SSE messages written to viewers."),
     ("direct_writes", "SSE messages the hub wrote straight to a quiet viewer's transport."),
+    ("socket_writes", "Writes of those messages: messages read from Redis at once share one."),
     ("sse_bytes", "SSE bytes written to viewers."),
     ("catchups", "Replays from the event log (first connects and lagging viewers)."),
     ("replayed_events", "Events sent from the log rather than live."),
