@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from itertools import groupby
 from typing import Any
@@ -75,6 +75,9 @@ class LogInfo:
     last_id: StreamId | None
     # Entries ever added; minus `length`, the number trimmed away (Tidings never XDELs).
     added: int
+    # The run record's `status` and `last_event_id` from the same snapshot, when asked for.
+    run_status: bytes | None = None
+    run_last_event_id: bytes | None = None
 
     @property
     def trimmed(self) -> int:
@@ -261,17 +264,22 @@ class Bus:
     ) -> tuple[list[tuple[StreamId, bytes]], LogInfo]:
         """`read` and `log_info` from one snapshot (a MULTI): trimming cannot slip between the
         read and the gap check, so `info.has_gap_after(after)` is true exactly when the page
-        does not follow on from `after`."""
+        does not follow on from `after`. The info also carries the run record's status and last
+        event id from that snapshot, so a replay knows whether the run is over without another
+        round trip."""
         key = self.keys.events(run_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xrange(key, min=f"({after[0]}-{after[1]}", max="+", count=count)
             pipe.execute_command("XINFO", "STREAM", key)
-            raw, info = await pipe.execute(raise_on_error=False)
-        if isinstance(raw, Exception):
-            raise raw
+            pipe.hmget(self.keys.run(run_id), ["status", "last_event_id"])
+            raw, info, record = await pipe.execute(raise_on_error=False)
+        for reply in (raw, record):
+            if isinstance(reply, Exception):
+                raise reply
         page = [(parse_cursor(eid), splice_id(eid, fields[b"e"])) for eid, fields in raw]
         # XINFO fails on a key that does not exist yet: nothing logged, nothing trimmed.
-        return page, LogInfo(0, None, None, 0) if isinstance(info, Exception) else _log_info(info)
+        log = LogInfo(0, None, None, 0) if isinstance(info, Exception) else _log_info(info)
+        return page, replace(log, run_status=record[0], run_last_event_id=record[1])
 
     async def events(self, run_id: str, after: StreamId = (0, 0), limit: int = 500) -> list[Event]:
         """A page of the log as models (the JSON history API and the engine's own reads)."""

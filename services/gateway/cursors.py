@@ -76,17 +76,13 @@ class RunCursor(Cursor):
             if len(page) < page_size:
                 break
         # The log has nothing after the cursor. A run that already ended says nothing more
-        # (e.g. a viewer resuming from the terminal event's id): this cursor is done.
-        status, last_id = await viewer.retry_redis(self._run_status)
+        # (e.g. a viewer resuming from the terminal event's id): this cursor is done. The run's
+        # status comes from the same snapshot as the last page.
+        status, last_id = info.run_status, info.run_last_event_id
         if status is None or (
             status in _TERMINAL_STATUS and (not last_id or parse_cursor(last_id) <= self.last)
         ):
             self.state = DONE
-
-    async def _run_status(self) -> list[bytes | None]:
-        key = self.ctx.keys.run(self.run_id)
-        fields: list[bytes | None] = await self.ctx.redis.hmget(key, ["status", "last_event_id"])  # type: ignore[misc]
-        return fields
 
     async def _resync(self, viewer: Viewer, info: LogInfo) -> None:
         assert info.first_id is not None

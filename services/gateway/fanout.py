@@ -82,7 +82,9 @@ class Hub:
 
     @contextlib.contextmanager
     def attach(self, viewer: Viewer) -> Iterator[Viewer]:
-        """Follow the viewer's cursors until the block ends; then release everything."""
+        """Follow the viewer's cursors until the block ends; then release everything.
+
+        Every cursor starts lagging: the caller runs the viewer's first catch-up (`serve`)."""
         for cur in viewer.cursors:
             name = cur.channel
             entry = self._channels.get(name)
@@ -96,8 +98,6 @@ class Hub:
         self._viewers.add(viewer)
         if self._closing:
             viewer.end()
-        else:
-            viewer.kick()  # every cursor starts lagging: catch up first
         try:
             yield viewer
         finally:

@@ -91,6 +91,7 @@ class EventStreamResponse(Response):
             ends_when_done=self._ends_when_done,
         )
         with hub.attach(viewer):
+            await viewer.serve()  # the first catch-up, in this task: no task of its own
             await viewer.wait(receive)
 
 

@@ -191,6 +191,13 @@ class Viewer:
                 self.stats.buffer_high = len(buf)
         self.kick()
 
+    async def serve(self) -> None:
+        """Run the service here, in the caller's task, until it has nothing left to do (a
+        connecting viewer's first catch-up: a connection storm then costs no task per viewer)."""
+        if self.task is None and not self.dead:
+            self.task = asyncio.current_task()
+            await self._service()
+
     def kick(self) -> None:
         """Start the service task unless it is running (it re-checks everything before ending)."""
         if self.task is None and not self.dead:
