@@ -40,6 +40,11 @@ def test_compose_has_redis_gateway_scalable_workers_and_nginx() -> None:
         assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:")
         assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
     assert services["gateway"]["environment"]["TIDINGS_HOST"] == "0.0.0.0"
+    # Several gateway processes per container, sharing its port.
+    assert (
+        services["gateway"]["environment"]["TIDINGS_GATEWAY_WORKERS"]
+        == "${TIDINGS_GATEWAY_WORKERS:-2}"
+    )
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in services["nginx"]["volumes"]
 
 
