@@ -12,32 +12,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
+from playwright.async_api import Browser, BrowserContext, Page
 
 from services.gateway.dashboard import SECURITY_HEADERS
 from tests.test_api_helpers import Stack, running_stack
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+# Importing the support module skips this one where there is no Chromium (and fails under CI).
+from tests.test_dashboard_support import browser
+
+__all__ = ["browser"]  # a fixture used by this module
 
 pytestmark = pytest.mark.browser
-
-if not CHROMIUM.exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError(
-            "CI needs /usr/bin/chromium for the browser tests (apt-get install chromium)"
-        )
-    pytest.skip("no /usr/bin/chromium on this machine", allow_module_level=True)
-
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright  # noqa: E402
 
 SLOW_MONTY = {"min_sleep_s": 0.2, "max_sleep_s": 0.4}
 LIVE = 30_000  # ms: a generous liveness limit, not a speed target
@@ -74,16 +66,6 @@ def no_page_errors() -> Iterator[None]:
     ERRORS.clear()
     yield
     assert ERRORS == [], ERRORS
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 # A tab that goes without its pagehide handlers running, as when it crashes or is killed.

@@ -101,7 +101,10 @@ function upsert(summary) {
   }
   place(summary);
   if (!known) {
-    order.unshift(summary.run_id);
+    // Newest first by creation, not by arrival: runs started together report in any order.
+    const created = summary.created_at || "";
+    const at = order.findIndex((id) => (rows.get(id)?.run.created_at || "") < created);
+    order.splice(at < 0 ? (created ? order.length : 0) : at, 0, summary.run_id);
     if (order.length > PAGE * 2) order.length = PAGE * 2;
     render();
     fetchViewers([summary.run_id]);
