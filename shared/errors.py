@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "BadCursor",
     "Conflict",
@@ -18,6 +20,7 @@ class TidingsError(Exception):
 
     code = "error"
     status = 500
+    headers: Mapping[str, str] | None = None  # sent with the error response
 
 
 class NotFound(TidingsError):

@@ -1,7 +1,8 @@
 """One settings object per process, read from the environment once, at the edge.
 
-Every variable is `TIDINGS_<FIELD>` (plus the conventional `REDIS_URL`). An unknown `TIDINGS_*`
-variable is an error, not a silent no-op: a typo in a deployment should stop it from starting.
+Every variable is `TIDINGS_<FIELD>` (plus the conventional `REDIS_URL`); an empty value means
+unset. An unknown `TIDINGS_*` variable is an error, not a silent no-op: a typo in a deployment
+should stop it from starting.
 `TIDINGS_TEST_*` is reserved for the test suite and ignored here.
 """
 
@@ -12,12 +13,36 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["Settings"]
+__all__ = ["ROLES", "Settings", "parse_auth_tokens"]
 
 _PREFIX = "TIDINGS_"
 _RESERVED_PREFIXES = ("TIDINGS_TEST_",)
+
+ROLES = ("admin", "viewer")
+_MIN_TOKEN = 16
+
+
+def parse_auth_tokens(value: str | None) -> list[tuple[str, str]]:
+    """`admin:T1,viewer:T2` → [("admin", "T1"), ("viewer", "T2")]. ValueError naming the
+    position of a bad pair, never its token."""
+    pairs: list[tuple[str, str]] = []
+    for n, item in enumerate((value or "").split(","), 1):
+        item = item.strip()
+        if not item:
+            continue
+        role, sep, token = item.partition(":")
+        if not sep or role not in ROLES:
+            raise ValueError(f"pair {n} must be `admin:TOKEN` or `viewer:TOKEN`")
+        if len(token) < _MIN_TOKEN or not token.isascii() or not token.isprintable():
+            raise ValueError(
+                f"pair {n}: a token is at least {_MIN_TOKEN} printable ASCII characters"
+            )
+        if " " in token:
+            raise ValueError(f"pair {n}: a token has no spaces")
+        pairs.append((role, token))
+    return pairs
 
 
 class Settings(BaseModel):
@@ -61,6 +86,36 @@ class Settings(BaseModel):
     replay_page: int = Field(500, ge=1, le=10_000, description="XRANGE page size when replaying.")
     max_body_bytes: int = Field(1_048_576, ge=1_024, description="Largest accepted request body.")
 
+    auth_tokens: str | None = Field(
+        None,
+        description="Comma-separated `role:token` pairs (roles `admin`, `viewer`); "
+        "unset: open, loopback only.",
+    )
+    secret: str | None = Field(
+        None,
+        min_length=16,
+        description="Key signing session cookies and share tokens; unset: derived from the tokens.",
+    )
+    insecure: bool = Field(
+        False, description="Serve without tokens on a non-loopback address (open to anyone)."
+    )
+    allowed_hosts: str = Field(
+        "localhost,127.0.0.1,::1",
+        description="Host names the gateway answers to (comma-separated; `*` for any).",
+    )
+    cors_origins: str = Field(
+        "", description="Origins allowed to call the API from a browser (comma-separated)."
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Addresses or CIDRs whose `X-Forwarded-For`/`-Proto` are believed.",
+    )
+    session_ttl_s: int = Field(43_200, ge=60, description="Lifetime of a dashboard session cookie.")
+    share_ttl_s: int = Field(
+        86_400, ge=60, description="Default and largest lifetime of a run's share token."
+    )
+    token: str | None = Field(None, description="Bearer token the CLI sends to the gateway.")
+
     lease_ttl_ms: int = Field(3_000, ge=200, description="A running run's heartbeat lease.")
     lease_refresh_ms: int = Field(1_000, ge=50, description="How often a worker renews its lease.")
     worker_max_jobs: int = Field(64, ge=1, description="Concurrent jobs per worker process.")
@@ -82,6 +137,17 @@ class Settings(BaseModel):
         18.0, ge=0, description="Simulated model: mean delay between tokens."
     )
 
+    @field_validator("auth_tokens")
+    @classmethod
+    def _check_tokens(cls, value: str | None) -> str | None:
+        parse_auth_tokens(value)
+        return value
+
+    @property
+    def auth_pairs(self) -> list[tuple[str, str]]:
+        """The configured (role, token) pairs; empty when the gateway runs open."""
+        return parse_auth_tokens(self.auth_tokens)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from `env` (default `os.environ`); `overrides` win over the environment."""
@@ -95,7 +161,7 @@ class Settings(BaseModel):
             field = name[len(_PREFIX) :].lower()
             if field not in fields:
                 unknown.append(name)
-            else:
+            elif raw != "":  # empty means unset (`VAR: "${VAR:-}"` in compose files)
                 values[field] = raw
         if unknown:
             known = ", ".join(_PREFIX + f.upper() for f in fields)
@@ -106,7 +172,12 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            raise ValueError(f"invalid settings: {exc}") from None
+            # Never echo the values: some are secrets (tokens, keys, URLs with passwords).
+            problems = "; ".join(
+                f"{_PREFIX + '.'.join(map(str, e['loc'])).upper() or 'settings'}: {e['msg']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise ValueError(f"invalid settings: {problems}") from None
 
     @classmethod
     def env_help(cls) -> list[tuple[str, str, str]]:

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from redis.asyncio import Redis
 
-from services.gateway.app import create_app, with_stream_lane
+from services.gateway.app import asgi_app, create_app
 from services.gateway.fastpath import EXTENSION, HttpToolsProtocol, stream_transport
 from shared.bus import Bus
 from shared.embedded import free_port
@@ -125,7 +125,7 @@ async def test_without_the_fast_path_streams_are_complete_and_gapless(
 ) -> None:
     """The gateway app under plain uvicorn (h11): every write takes the ASGI path."""
     settings = Settings(redis_url=redis_url, namespace=namespace, sse_heartbeat_s=0.2)
-    app = with_stream_lane(create_app(settings, frontend=None))
+    app = asgi_app(create_app(settings, frontend=None))
     port = free_port()
     config = uvicorn.Config(app, port=port, http="h11", log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

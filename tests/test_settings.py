@@ -49,3 +49,25 @@ def test_env_help_lists_every_field() -> None:
     names = [row[0] for row in Settings.env_help()]
     assert "REDIS_URL" in names and "TIDINGS_EVENTS_MAXLEN" in names
     assert len(names) == len(Settings.model_fields)
+
+
+def test_an_empty_variable_means_unset() -> None:
+    s = Settings.from_env({"TIDINGS_SECRET": "", "TIDINGS_PORT": "", "TIDINGS_AUTH_TOKENS": ""})
+    assert (s.secret, s.port, s.auth_pairs) == (None, 8000, [])
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    ["admin", "root:0123456789abcdef", "admin:short", "viewer:0123456789 abcdef"],
+)
+def test_malformed_auth_tokens_fail_without_echoing_them(tokens: str) -> None:
+    with pytest.raises(ValueError, match="TIDINGS_AUTH_TOKENS") as info:
+        Settings.from_env({"TIDINGS_AUTH_TOKENS": tokens})
+    assert tokens.partition(":")[2] not in str(info.value) or ":" not in tokens
+
+
+def test_auth_tokens_parse_into_roles() -> None:
+    s = Settings.from_env(
+        {"TIDINGS_AUTH_TOKENS": "admin:0123456789abcdef, viewer:fedcba9876543210"}
+    )
+    assert s.auth_pairs == [("admin", "0123456789abcdef"), ("viewer", "fedcba9876543210")]

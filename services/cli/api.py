@@ -9,7 +9,12 @@ import httpx
 
 from .errors import CliError
 
-__all__ = ["Api", "error_message"]
+__all__ = ["Api", "auth_headers", "error_message"]
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The `Authorization` header for `token` (TIDINGS_TOKEN), or none."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def error_message(response: httpx.Response) -> str:
@@ -29,9 +34,11 @@ def error_message(response: httpx.Response) -> str:
 
 
 class Api:
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 10.0, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.client = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.client = httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers=auth_headers(token)
+        )
 
     def __enter__(self) -> Api:
         return self

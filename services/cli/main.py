@@ -28,6 +28,12 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+_INSECURE_HELP = (
+    "serve a non-loopback address without TIDINGS_AUTH_TOKENS (anyone reaching it controls "
+    "every run)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidings",
@@ -48,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="gateway processes on the one port (default TIDINGS_GATEWAY_WORKERS or 1)",
     )
     up.add_argument("--grace", type=float, default=10.0, help="seconds to wait on shutdown")
+    up.add_argument("--insecure", action="store_true", default=None, help=_INSECURE_HELP)
 
     gw = sub.add_parser("gateway", help="run one gateway (HTTP API, SSE, dashboard) in foreground")
     gw.add_argument("--port", type=int)
@@ -58,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="processes sharing the port via SO_REUSEPORT (default TIDINGS_GATEWAY_WORKERS or 1)",
     )
+    gw.add_argument("--insecure", action="store_true", default=None, help=_INSECURE_HELP)
     sub.add_parser("worker", help="run one worker in the foreground")
 
     client = argparse.ArgumentParser(add_help=False)
@@ -78,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     sig.add_argument("name", metavar="NAME")
     sig.add_argument("--payload", type=_json_object, default=None, help="JSON object")
 
+    share = sub.add_parser(
+        "share", parents=[client], help="a read-only link to one run, valid for a while"
+    )
+    share.add_argument("run_id", metavar="RUN")
+    share.add_argument(
+        "--ttl", type=int, help="seconds it stays valid (default TIDINGS_SHARE_TTL_S)"
+    )
+
     ls = sub.add_parser("ls", parents=[client], help="list runs, newest first")
     ls.add_argument("--workflow")
     ls.add_argument("--status")
@@ -97,13 +113,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
         k: v
-        for k in ("host", "port", "gateway_workers")
+        for k in ("host", "port", "gateway_workers", "insecure")
         if (v := getattr(args, k, None)) is not None
     }
     try:
         settings = Settings.from_env(**overrides)
     except ValueError as exc:
         return _fail(" ".join(str(exc).split()), EXIT_USAGE)
+    if args.command in ("up", "gateway"):
+        from services.gateway.access import check_exposure
+
+        try:
+            check_exposure(settings)
+        except ValueError as exc:
+            return _fail(str(exc), EXIT_USAGE)
     try:
         return _COMMANDS[args.command](args, settings)
     except CliError as exc:
@@ -159,7 +182,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from .api import Api
 
     base = gateway_url(settings, args.url)
-    with Api(base) as api:
+    with Api(base, token=settings.token) as api:
         record = api.start(args.workflow, args.input)
     run_id = str(record["run_id"])
     if not args.follow:
@@ -169,21 +192,36 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"run {run_id} ({args.workflow}) started", file=sys.stderr, flush=True)
     from .watch import watch_run
 
-    return watch_run(base, run_id, json_lines=args.json)
+    return watch_run(base, run_id, json_lines=args.json, token=settings.token)
 
 
 def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from .watch import watch_run
 
-    return watch_run(gateway_url(settings, args.url), args.run_id, json_lines=args.json)
+    return watch_run(
+        gateway_url(settings, args.url), args.run_id, json_lines=args.json, token=settings.token
+    )
 
 
 def _signal(args: argparse.Namespace, settings: Settings) -> int:
     from .api import Api
 
-    with Api(gateway_url(settings, args.url)) as api:
+    with Api(gateway_url(settings, args.url), token=settings.token) as api:
         result = api.signal(args.run_id, args.name, args.payload)
     print(json.dumps(result, ensure_ascii=False) if result is not None else "ok", flush=True)
+    return EXIT_OK
+
+
+def _share(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import Api
+
+    base = gateway_url(settings, args.url)
+    with Api(base, token=settings.token) as api:
+        body = {"ttl_s": args.ttl} if args.ttl else None
+        result = api.request("POST", f"/api/runs/{args.run_id}/share", json=body)
+    links = result["links"]
+    print(f"{base}{links['dashboard']}", flush=True)
+    print(f"stream: {base}{links['events']}", file=sys.stderr, flush=True)
     return EXIT_OK
 
 
@@ -191,7 +229,7 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
     from .api import Api
     from .tables import print_runs
 
-    with Api(gateway_url(settings, args.url)) as api:
+    with Api(gateway_url(settings, args.url), token=settings.token) as api:
         runs = api.list_runs(workflow=args.workflow, status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps(runs, ensure_ascii=False, indent=2), flush=True)
@@ -220,6 +258,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "run": _run,
     "watch": _watch,
     "signal": _signal,
+    "share": _share,
     "ls": _ls,
     "bench": _bench,
     "env": _env,

@@ -135,6 +135,7 @@ class Supervisor:
             TIDINGS_HOST=self.settings.host,
             TIDINGS_PORT=str(self.settings.port),
             TIDINGS_GATEWAY_WORKERS=str(self.settings.gateway_workers),
+            TIDINGS_INSECURE=str(self.settings.insecure).lower(),
             TIDINGS_NAMESPACE=self.settings.namespace,
             TIDINGS_DATA_DIR=str(self.settings.data_dir),
             PYTHONUNBUFFERED="1",

@@ -31,7 +31,7 @@ from rich.progress import (
 
 from shared.sse import SSEMessage, SSEParser
 
-from .api import error_message
+from .api import auth_headers, error_message
 from .errors import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, CliError
 from .tables import make_console
 
@@ -129,10 +129,14 @@ def watch_run(
     json_lines: bool = False,
     give_up_after_s: float = 60.0,
     out: IO[str] | None = None,
+    token: str | None = None,
 ) -> int:
-    """Follow the run to its end; returns the exit code for its outcome."""
+    """Follow the run to its end; returns the exit code for its outcome. `token`: the bearer
+    token to send (TIDINGS_TOKEN)."""
     try:
-        return _follow(base_url, run_id, json_lines, give_up_after_s, out or sys.stdout)
+        return _follow(
+            base_url, run_id, json_lines, give_up_after_s, out or sys.stdout, auth_headers(token)
+        )
     except KeyboardInterrupt:
         print(
             f"tidings: stopped watching; run {run_id} goes on (`tidings watch {run_id}` to "
@@ -144,7 +148,12 @@ def watch_run(
 
 
 def _follow(
-    base_url: str, run_id: str, json_lines: bool, give_up_after_s: float, out: IO[str]
+    base_url: str,
+    run_id: str,
+    json_lines: bool,
+    give_up_after_s: float,
+    out: IO[str],
+    auth: dict[str, str],
 ) -> int:
     console = make_console(out)
     parser = SSEParser()
@@ -155,7 +164,7 @@ def _follow(
     delay = 0.2
     with httpx.Client(timeout=timeout) as client, _Display(run_id, console, json_lines, out) as ui:
         while True:
-            headers = {"Accept": "text/event-stream"}
+            headers = {"Accept": "text/event-stream", **auth}
             if parser.last_event_id:
                 headers["Last-Event-ID"] = parser.last_event_id
             try:

@@ -7,6 +7,7 @@ import sys
 
 from shared.settings import Settings
 
+from .access import check_exposure
 from .main import serve
 from .pool import reuseport_socket, serve_pool
 
@@ -21,6 +22,10 @@ def main() -> None:
     args = parser.parse_args()
     try:
         settings = Settings.from_env()
+    except ValueError as exc:
+        sys.exit(f"tidings gateway: {exc}")
+    try:
+        check_exposure(settings)
     except ValueError as exc:
         sys.exit(f"tidings gateway: {exc}")
     if not settings.redis_url:

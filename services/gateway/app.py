@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
+from starlette.types import ASGIApp
 
 from shared.bus import Bus
 from shared.control import Control
@@ -26,9 +27,11 @@ from shared.redis import connect
 from shared.runs import RunStore, ensure_schema
 from shared.settings import Settings
 
-from . import compat, run_routes, stream_routes
+from . import compat, run_routes, session_routes, stream_routes
+from .access import Access
 from .context import Gateway
 from .dashboard import dashboard
+from .edge import Edge
 from .errors import BodyLimitMiddleware, exception_handlers
 from .fanout import Hub
 from .lane import StreamLane
@@ -36,7 +39,7 @@ from .metrics import Gauges, Stats, make_registry
 from .source import PubSubSource
 from .viewer import ViewerLimits
 
-__all__ = ["FRONTEND_DIR", "create_app", "with_stream_lane"]
+__all__ = ["FRONTEND_DIR", "asgi_app", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +51,30 @@ def create_app(settings: Settings, *, frontend: Path | None = FRONTEND_DIR) -> S
     """The gateway app for `settings` (which must name a Redis). Connects only when started."""
     if not settings.redis_url:
         raise ValueError("the gateway needs a Redis: set REDIS_URL")
-    routes: list[BaseRoute] = [*stream_routes.routes, *run_routes.routes, *compat.routes]
+    routes: list[BaseRoute] = [
+        *stream_routes.routes,
+        *run_routes.routes,
+        *session_routes.routes,
+        *compat.routes,
+    ]
     if frontend is not None and (frontend / "index.html").is_file():
         routes.append(Mount("/", app=dashboard(frontend), name="frontend"))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)],
         exception_handlers=exception_handlers(),
         lifespan=partial(_lifespan, settings),
     )
+    app.state.settings = settings
+    app.state.access = Access(settings)
+    return app
 
 
-def with_stream_lane(app: Starlette) -> StreamLane:
-    """`app` with its event-stream routes served ahead of the middleware (see `lane.py`)."""
-    return StreamLane(app, stream_routes.lane)
+def asgi_app(app: Starlette) -> ASGIApp:
+    """What a server runs: the edge policy (`edge.py`) in front of the streaming lane, which
+    serves the event-stream routes ahead of the middleware (`lane.py`), in front of `app`."""
+    settings: Settings = app.state.settings
+    return Edge(StreamLane(app, stream_routes.lane), settings)
 
 
 @asynccontextmanager

@@ -87,7 +87,7 @@ def _status_code_name(status: int) -> str:
 async def _tidings_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TidingsError)
     details = exc.errors if isinstance(exc, InvalidInput) else None
-    return error_response(exc.status, exc.code, str(exc) or exc.code, details)
+    return error_response(exc.status, exc.code, str(exc) or exc.code, details, exc.headers)
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

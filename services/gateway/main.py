@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from shared.settings import Settings
 
-from .app import create_app, with_stream_lane
+from .app import asgi_app, create_app
 from .fastpath import HttpToolsProtocol
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "configure_logging", "serve"]
@@ -53,7 +53,7 @@ def serve(
     configure_logging(settings)
     app = create_app(settings)
     config = uvicorn.Config(
-        with_stream_lane(app),
+        asgi_app(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -61,5 +61,7 @@ def serve(
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
         http=HttpToolsProtocol,
+        # X-Forwarded-* are read by `access.client_address`, from TIDINGS_TRUSTED_PROXIES only.
+        proxy_headers=False,
     )
     _Server(config, app).run(sockets=sockets)

@@ -32,6 +32,7 @@ from shared import codec, sse
 from shared.keys import check_run_id
 from shared.streamid import StreamId, parse_cursor
 
+from .access import Need, authorize
 from .context import gateway
 from .cursors import LifecycleCursor, RunCursor
 from .errors import BadRequest
@@ -91,6 +92,10 @@ async def streams(request: Request) -> Response:
         raise BadRequest("the only feed is `runs`")
     if not runs and not feeds:
         raise BadRequest("name at least one `run=ID[/CURSOR]` or `feed=runs`")
+    if feeds:
+        authorize(request, Need.READ)
+    for run_id in runs:
+        authorize(request, Need.READ, run_id)
     async with ctx.redis.pipeline(transaction=False) as pipe:
         for run_id in runs:
             pipe.exists(ctx.keys.run(run_id))

@@ -29,6 +29,8 @@ from shared.events import Event
 from shared.runs import RunRecord
 from shared.workflow import WORKFLOWS
 
+from .access import Need, authorize
+
 __all__ = [
     "MalformedBody",
     "StartRun",
@@ -108,10 +110,12 @@ def _catalog() -> list[dict[str, Any]]:
 
 
 async def list_workflows(request: Request) -> JSONResponse:
+    authorize(request, Need.READ)
     return JSONResponse({"workflows": _catalog()})
 
 
 async def start_run(request: Request) -> JSONResponse:
+    authorize(request, Need.CONTROL)
     body = parse_model(StartRun, await read_json(request))
     record = await control_of(request).start(body.workflow, body.input)
     return JSONResponse(
@@ -136,6 +140,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
 
 
 async def list_runs(request: Request) -> JSONResponse:
+    authorize(request, Need.READ)
     params = request.query_params
     limit = _int_param(request, "limit", 50, 1, 500)
     runs, cursor = await control_of(request).list_runs(
@@ -156,6 +161,7 @@ async def list_runs(request: Request) -> JSONResponse:
 
 async def run_state(request: Request) -> JSONResponse:
     run_id = request.path_params["run_id"]
+    authorize(request, Need.READ, run_id)
     control = control_of(request)
     state = await control.state(run_id)
     record = await control.get(run_id)
@@ -167,6 +173,7 @@ async def run_state(request: Request) -> JSONResponse:
 async def send_signal(request: Request) -> JSONResponse:
     run_id = request.path_params["run_id"]
     name = request.path_params["name"]
+    authorize(request, Need.CONTROL, run_id)
     payload = await read_json(request)
     if payload is not None and not isinstance(payload, dict):
         raise InvalidInput(

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from shared import codec
 from shared.keys import check_run_id
 
+from .access import Need, authorize
 from .context import gateway
 from .cursors import LifecycleCursor, format_id
 from .errors import BadRequest, error_response
@@ -64,6 +65,7 @@ async def run_events(request: Request) -> Response:
     `{"events": [...], "next": "<last id in the page or null>", "gap": bool, "run": {...}}`
     where `gap` says the log was trimmed past the cursor (events before `events[0]` are gone)."""
     run_id = check_run_id(request.path_params["run_id"])
+    authorize(request, Need.READ, run_id)
     after = request_cursor(request)
     if not _wants_json(request):
         return await stream_run(request, run_id, after=after)
@@ -95,12 +97,14 @@ async def run_record(request: Request) -> Response:
     (each gateway counts its own; behind a load balancer, sum over gateways)."""
     ctx = gateway(request)
     run_id = check_run_id(request.path_params["run_id"])
+    authorize(request, Need.READ, run_id)
     record = await ctx.store.get(run_id)
     return _JSON({**run_view(record), "viewers": ctx.hub.viewers(run_id)})
 
 
 async def runs_events(request: Request) -> Response:
     """Lifecycle summaries of all runs: one `snapshot` of the most recent, then `run` events."""
+    authorize(request, Need.READ)
     ctx = gateway(request)
     return event_stream(ctx, [LifecycleCursor(ctx)], ends_when_done=False)
 
@@ -124,6 +128,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    authorize(request, Need.READ)
     return Response(render(gateway(request).registry), media_type=CONTENT_TYPE)
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from services.gateway.access import Need, authorize
 from services.gateway.run_routes import control_of, parse_model, read_json
 from services.gateway.streaming import stream_run
 from shared import codec
@@ -87,6 +88,7 @@ def _seed_input(body: _SeedCreate) -> tuple[str, dict[str, Any]]:
 
 
 async def create_definition(request: Request) -> JSONResponse:
+    authorize(request, Need.CONTROL)
     body = parse_model(_SeedCreate, await read_json(request))
     workflow, raw_input = _seed_input(body)
     definition = get_workflow(workflow)
@@ -119,6 +121,7 @@ async def _definition(request: Request, def_id: str) -> dict[str, Any] | None:
 
 async def execute_definition(request: Request) -> JSONResponse:
     def_id = request.path_params["id"]
+    authorize(request, Need.CONTROL, def_id)
     definition = await _definition(request, def_id)
     control = control_of(request)
     if definition is None:
@@ -146,6 +149,7 @@ async def execute_definition(request: Request) -> JSONResponse:
 
 async def get_seed_workflow(request: Request) -> JSONResponse:
     def_id = request.path_params["id"]
+    authorize(request, Need.READ, def_id)
     definition = await _definition(request, def_id)
     if definition is not None:
         return JSONResponse({**definition, "status": "pending", "results": {}})
@@ -202,6 +206,7 @@ def render_seed000(raw: bytes) -> bytes | None:
 
 async def stream_seed_workflow(request: Request) -> Response:
     def_id = request.path_params["id"]
+    authorize(request, Need.READ, def_id)
     if not await control_of(request).store.exists(def_id):
         if await _definition(request, def_id) is not None:
             raise Conflict(f"workflow {def_id} has not been executed yet: POST …/execute first")

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from services.gateway.access import Need, authorize
 from services.gateway.run_routes import control_of, parse_model, read_json
 from services.gateway.streaming import stream_run
 from shared import codec
@@ -110,9 +111,11 @@ async def monty_stream(request: Request) -> Response:
     resumed = _resume_point(request)
     if resumed is not None:
         run_id, after = resumed
+        authorize(request, Need.READ, run_id)
         if await finished_at(request, run_id, after):
             return Response(status_code=204)
     else:
+        authorize(request, Need.CONTROL)
         raw = await read_json(request, empty={}) if request.method == "POST" else {}
         if not isinstance(raw, dict):
             raise InvalidInput(
@@ -141,12 +144,14 @@ def _resume_point(request: Request) -> tuple[str, StreamId] | None:
 
 async def workflow_stop(request: Request) -> JSONResponse:
     run_id = request.path_params["id"]
+    authorize(request, Need.CONTROL, run_id)
     await control_of(request).signal(run_id, "stop")
     return JSONResponse({"status": "signal sent", "workflow_id": run_id, "signal": "stop_workflow"})
 
 
 async def workflow_status(request: Request) -> JSONResponse:
     run_id = request.path_params["id"]
+    authorize(request, Need.READ, run_id)
     record = await control_of(request).get(run_id)
     return JSONResponse(
         {
@@ -165,6 +170,7 @@ async def workflow_status(request: Request) -> JSONResponse:
 
 async def workflow_query(request: Request) -> JSONResponse:
     run_id = request.path_params["id"]
+    authorize(request, Need.READ, run_id)
     state = await control_of(request).state(run_id)
     body = state if isinstance(state, dict) else {"state": state}
     return JSONResponse({"workflow_id": run_id, **body})
@@ -172,6 +178,7 @@ async def workflow_query(request: Request) -> JSONResponse:
 
 async def workflow_history(request: Request) -> JSONResponse:
     run_id = request.path_params["id"]
+    authorize(request, Need.READ, run_id)
     control = control_of(request)
     record = await control.get(run_id)
     state = await control.state(run_id)
@@ -190,6 +197,7 @@ class _ChatRequest(BaseModel):
 
 
 async def chat(request: Request) -> JSONResponse:
+    authorize(request, Need.CONTROL)
     body = parse_model(_ChatRequest, await read_json(request))
     control = control_of(request)
     if body.workflow_id:
