@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 from .errors import Fenced, NotFound, RunFinished
 from .events import LIFECYCLE_STATUS, Event, EventType, now_iso
 from .keys import Keys
-from .streamid import StreamId, just_before, parse_cursor
+from .streamid import StreamId, just_before, parse_cursor, xrange_after
 
 __all__ = ["Bus", "LogInfo", "PublishCommand", "splice_id"]
 
@@ -254,9 +254,8 @@ class Bus:
         self, run_id: str, after: StreamId = (0, 0), count: int = 500
     ) -> list[tuple[StreamId, bytes]]:
         """Up to `count` log entries strictly after `after`, as (id, published JSON bytes)."""
-        raw = await self.redis.xrange(
-            self.keys.events(run_id), min=f"({after[0]}-{after[1]}", max="+", count=count
-        )
+        start, end = xrange_after(after)
+        raw = await self.redis.xrange(self.keys.events(run_id), min=start, max=end, count=count)
         return [(parse_cursor(eid), splice_id(eid, fields[b"e"])) for eid, fields in raw]
 
     async def read_page(
@@ -269,7 +268,8 @@ class Bus:
         round trip."""
         key = self.keys.events(run_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xrange(key, min=f"({after[0]}-{after[1]}", max="+", count=count)
+            start, end = xrange_after(after)
+            pipe.xrange(key, min=start, max=end, count=count)
             pipe.execute_command("XINFO", "STREAM", key)
             pipe.hmget(self.keys.run(run_id), ["status", "last_event_id"])
             raw, info, record = await pipe.execute(raise_on_error=False)

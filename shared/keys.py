@@ -39,12 +39,12 @@ __all__ = ["SCHEMA_VERSION", "Keys", "check_run_id"]
 
 SCHEMA_VERSION = 1
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check_run_id(run_id: str) -> str:
     """Run IDs end up inside hash tags and channel names: allow nothing that could break out."""
-    if not _RUN_ID.match(run_id):
+    if not _RUN_ID.fullmatch(run_id):  # `$` would let a trailing newline through
         raise NotFound(f"no run {run_id!r}")
     return run_id
 
