@@ -28,7 +28,6 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 from typing import Any
 
@@ -81,8 +80,8 @@ class Control:
         try:
             model = definition.Input.model_validate({} if input is None else input)
         except ValidationError as exc:
-            errors = json.loads(exc.json(include_url=False))
-            raise InvalidInput(f"invalid input for workflow {workflow!r}", errors=errors) from None
+            message = f"invalid input for workflow {workflow!r}"
+            raise InvalidInput.from_validation(message, exc) from None
         return await self.store.create(
             workflow,
             model.model_dump(mode="json"),

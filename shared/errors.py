@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from .echo import echo_errors
 
 __all__ = [
     "BadCursor",
@@ -39,9 +44,15 @@ class InvalidInput(TidingsError):
     code = "invalid_input"
     status = 422
 
-    def __init__(self, message: str, errors: list[dict[str, object]] | None = None) -> None:
+    def __init__(self, message: str, errors: Iterable[Mapping[str, Any]] | None = None) -> None:
         super().__init__(message)
-        self.errors = errors or []
+        # The values echoed back are cut short and always encodable (`shared.echo`).
+        self.errors = echo_errors(errors or ())
+
+    @classmethod
+    def from_validation(cls, message: str, exc: ValidationError) -> InvalidInput:
+        """pydantic's field errors as `details`, without documentation links."""
+        return cls(message, errors=exc.errors(include_url=False))
 
 
 class Conflict(TidingsError):

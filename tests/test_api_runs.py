@@ -8,6 +8,8 @@ from tests.test_api_helpers import Stack, stack
 
 __all__ = ["stack"]
 
+JSON_BODY = {"content-type": "application/json"}
+
 
 def _error(resp: Any) -> dict[str, Any]:
     body: dict[str, Any] = resp.json()["error"]
@@ -165,9 +167,9 @@ async def test_state_query_and_signals(stack: Stack) -> None:
     await stack.wait_status(run_id, "running")
     resp = await signal(f"/api/runs/{run_id}/signals/bogus")
     assert resp.status_code == 422
-    resp = await signal(f"/api/runs/{run_id}/signals/stop", content=b"[1, 2]")
+    resp = await signal(f"/api/runs/{run_id}/signals/stop", content=b"[1, 2]", headers=JSON_BODY)
     assert resp.status_code == 422
-    resp = await signal(f"/api/runs/{run_id}/signals/stop", content=b"{oops")
+    resp = await signal(f"/api/runs/{run_id}/signals/stop", content=b"{oops", headers=JSON_BODY)
     assert resp.status_code == 400
 
     state = (await stack.client.get(f"/api/runs/{run_id}/state")).json()

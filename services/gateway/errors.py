@@ -3,6 +3,12 @@
 - `TidingsError` subclasses keep their own status and code (`InvalidInput` carries the pydantic
   field errors as `details`).
 - Starlette's `HTTPException` (unknown path, wrong method) gets a code derived from its status.
+  A 405's `Allow` names every method the path takes: Starlette's router names only the methods
+  of the first route that matched the path (`/api/runs` is two routes, GET and POST), and a path
+  it does not claim at all falls through to the dashboard's static files.
+- Messages are cut short and lone surrogates escaped (`shared.echo`): a message may quote the
+  request, and an error must always be encodable.
+- A client that goes away while its body is read is not an error of ours: logged at debug.
 - Redis being unreachable is a 503 with `Retry-After`, not a 500: the request may simply be retried.
 - Anything else is logged with its traceback and answered with a bare 500.
 - `BodyLimitMiddleware` caps request bodies at `max_body_bytes`: a declared `Content-Length` over
@@ -12,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -20,11 +27,13 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import codec
+from shared.echo import echo_text
 from shared.errors import InvalidInput, TidingsError
 
 __all__ = [
@@ -60,10 +69,18 @@ class Unavailable(TidingsError):
 
 class _JSON(JSONResponse):
     def render(self, content: Any) -> bytes:
-        return codec.dumps(content)
+        try:
+            return codec.dumps(content)
+        except ValueError:
+            # Something UTF-8 cannot hold (a lone surrogate): ASCII JSON escapes it instead.
+            return json.dumps(content, default=repr).encode()
+
+
+_MESSAGE_CHARS = 500
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    message = echo_text(message, _MESSAGE_CHARS)
     return {"error": {"code": code, "message": message, "details": details}}
 
 
@@ -93,9 +110,31 @@ async def _tidings_error(request: Request, exc: Exception) -> Response:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail or HTTPStatus(exc.status_code).phrase
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = _allow(request, headers)
     return error_response(
-        exc.status_code, _status_code_name(exc.status_code), message, headers=exc.headers
+        exc.status_code, _status_code_name(exc.status_code), message, headers=headers
     )
+
+
+def _allow(request: Request, headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """`headers` with `Allow` naming the methods of every route of the app that takes this path
+    (None of them: the response's own `Allow`, e.g. the static files' GET, HEAD)."""
+    methods: set[str] = set()
+    for route in getattr(request.app, "routes", ()):
+        on_path = isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE
+        if on_path and route.methods:
+            methods |= route.methods
+    if not methods:
+        return headers
+    others = {k: v for k, v in (headers or {}).items() if k.lower() != "allow"}
+    return {**others, "Allow": ", ".join(sorted(methods))}
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    log.debug("%s %s: the client went away", request.method, request.url.path)
+    return error_response(400, "client_disconnected", "the client went away mid-request")
 
 
 async def _redis_down(request: Request, exc: Exception) -> Response:
@@ -113,6 +152,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 _HANDLERS: dict[type[Exception], Any] = {
     TidingsError: _tidings_error,
     HTTPException: _http_exception,
+    ClientDisconnect: _client_gone,
     RedisConnectionError: _redis_down,
     RedisTimeoutError: _redis_down,
     Exception: _unexpected,

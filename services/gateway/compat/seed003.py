@@ -28,7 +28,7 @@ from services.gateway.access import Need, authorize
 from services.gateway.run_routes import control_of, parse_model, read_json
 from services.gateway.streaming import stream_run
 from shared import codec
-from shared.errors import Conflict, InvalidInput
+from shared.errors import BadCursor, Conflict, InvalidInput, NotFound
 from shared.events import TERMINAL_STATUSES
 from shared.keys import check_run_id
 from shared.sse import encode
@@ -139,7 +139,11 @@ def _resume_point(request: Request) -> tuple[str, StreamId] | None:
     run_id, sep, cursor = header.partition("/")
     if not sep:
         return None
-    return check_run_id(run_id), parse_cursor(cursor)
+    try:
+        check_run_id(run_id)
+    except NotFound:
+        raise BadCursor(f"not a `<run id>/<stream id>` event id: {header[:100]!r}") from None
+    return run_id, parse_cursor(cursor)
 
 
 async def workflow_stop(request: Request) -> JSONResponse:
