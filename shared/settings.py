@@ -83,6 +83,17 @@ class Settings(BaseModel):
     send_timeout_s: float = Field(
         30.0, gt=0, description="A viewer that accepts no bytes for this long is disconnected."
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection whose request head is not complete in this time is closed "
+        "(408 if part of a request came).",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body that brings no bytes for this long is cut off (408).",
+    )
     replay_page: int = Field(500, ge=1, le=10_000, description="XRANGE page size when replaying.")
     max_body_bytes: int = Field(1_048_576, ge=1_024, description="Largest accepted request body.")
 

@@ -1,7 +1,8 @@
 """The one piece of uvicorn the gateway owns: handing an event stream its transport.
 
-`tidings gateway` runs uvicorn with `HttpToolsProtocol` below, uvicorn's own httptools protocol
-plus one thing: each request's scope carries the connection's transport under the extension
+`tidings gateway` runs uvicorn with `HttpToolsProtocol` below (through its subclass in
+`deadlines.py`, which adds deadlines for slow clients), uvicorn's own httptools protocol plus one
+thing: each request's scope carries the connection's transport under the extension
 `tidings.transport`. An event stream that finds it (a GET over HTTP/1.1, whose body uvicorn frames
 as `transfer-encoding: chunked`) lets the hub write once-framed chunks straight to the transport;
 the head and the final chunk still go through the ASGI `send`, so uvicorn's view of the response

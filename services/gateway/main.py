@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from shared.settings import Settings
 
 from .app import asgi_app, create_app
-from .fastpath import HttpToolsProtocol
+from .deadlines import guarded_protocol
 
 __all__ = ["GRACEFUL_SHUTDOWN_S", "configure_logging", "serve"]
 
@@ -60,7 +60,7 @@ def serve(
         access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         lifespan="on",
-        http=HttpToolsProtocol,
+        http=guarded_protocol(settings),  # the fast path, and deadlines for slow clients
         # X-Forwarded-* are read by `access.client_address`, from TIDINGS_TRUSTED_PROXIES only.
         proxy_headers=False,
     )
