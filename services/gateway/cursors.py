@@ -48,12 +48,14 @@ class RunCursor(Cursor):
 
     async def catch_up(self, viewer: Viewer) -> None:
         """Replay the log after the cursor; DONE when the run's stream is over."""
-        ctx, run_id, page_size = self.ctx, self.run_id, self.ctx.settings.replay_page
+        ctx, run_id = self.ctx, self.run_id
+        page_size, page_bytes = ctx.settings.replay_page, ctx.settings.page_max_bytes
+        read = ctx.bus.read_page
         stats = viewer.stats
         while True:
             # Each page comes with the log's shape from the same snapshot: a trim that overtakes
             # the cursor, before or between pages, is always seen and answered with a resync.
-            page, info = await viewer.retry_redis(ctx.bus.read_page, run_id, self.last, page_size)
+            page, info = await viewer.retry_redis(read, run_id, self.last, page_size, page_bytes)
             if info.has_gap_after(self.last):
                 await self._resync(viewer, info)
                 continue
@@ -73,7 +75,8 @@ class RunCursor(Cursor):
             if done:
                 self.state = DONE
                 return
-            if len(page) < page_size:
+            # A page cut short by its byte budget is not the end of the log: its last entry is.
+            if not page or info.last_id is None or self.last >= info.last_id:
                 break
         # The log has nothing after the cursor. A run that already ended says nothing more
         # (e.g. a viewer resuming from the terminal event's id): this cursor is done. The run's
