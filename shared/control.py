@@ -23,6 +23,7 @@ Decisions:
 - Cancelling a run that no worker has started yet ends it here (`workflow_cancelled`, fenced by
   the attempt we saw): a cancelled run must not wait for a free worker to notice.
 - `list_runs` pages newest first; the cursor is `<created ms>:<run id>`, exclusive.
+  An index entry whose record is gone (expired) is skipped and removed from the indexes.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ from redis.asyncio import Redis
 
 from . import codec
 from .bus import Bus
-from .errors import BadCursor, Conflict, Fenced, InvalidInput, NotFound, RunFinished
+from .errors import (
+    BadCursor,
+    Conflict,
+    Fenced,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RunFinished,
+)
 from .events import Event, EventType, RunStatus
 from .jobs import JobQueue, job_key, run_job_id, signal_doorbell
 from .keys import Keys, check_run_id
@@ -73,10 +82,18 @@ class Control:
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def start(
-        self, workflow: str, input: dict[str, Any] | None, *, run_id: str | None = None
+        self,
+        workflow: str,
+        input: dict[str, Any] | None,
+        *,
+        run_id: str | None = None,
+        owner: str | None = None,
     ) -> RunRecord:
-        """Validate, record and enqueue a run. NotFound, InvalidInput, Conflict (id taken)."""
+        """Validate, record and enqueue a run. NotFound, InvalidInput, Conflict (id taken).
+
+        `owner`: the client that started it (the gateway's client id, never a credential)."""
         definition = get_workflow(workflow)
+        self._check_size("input", input)
         try:
             model = definition.Input.model_validate({} if input is None else input)
         except ValidationError as exc:
@@ -87,6 +104,7 @@ class Control:
             model.model_dump(mode="json"),
             run_id=run_id,
             also=lambda pipe, rid: self.queue.enqueue_run_in(pipe, rid, 1),
+            **({"owner": owner} if owner else {}),
         )
 
     async def signal(self, run_id: str, name: str, payload: dict[str, Any] | None = None) -> Event:
@@ -98,6 +116,7 @@ class Control:
                 errors=[{"loc": ["name"], "msg": f"expected one of {', '.join(SIGNAL_NAMES)}"}],
             )
         check_run_id(run_id)
+        self._check_size("signal payload", payload)
         lock = self._locks.get(run_id)
         if lock is None:
             lock = self._locks[run_id] = asyncio.Lock()
@@ -112,12 +131,28 @@ class Control:
             )
             entry = {"name": name, "payload": body, "id": event.id, "ts": event.ts}
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.rpush(self.keys.signals(run_id), codec.dumps(entry))
+                # Through `Bus.append`: should the run end meanwhile, a signal list it creates
+                # expires with the run.
+                await self.bus.append(
+                    run_id, self.keys.signals(run_id), codec.dumps_str(entry), client=pipe
+                )
                 pipe.publish(self.keys.wake_channel, signal_doorbell(run_id))
                 await pipe.execute()
         if name == "cancel" and record.status is RunStatus.QUEUED:
             await self._cancel_queued(record)
         return event
+
+    def _check_size(self, what: str, value: Any) -> None:
+        """PayloadTooLarge (413) when `value` as compact JSON is over TIDINGS_MAX_INPUT_BYTES:
+        inputs and signal payloads are kept in the log and in Redis for the run's lifetime."""
+        if value is None:
+            return
+        size = len(codec.dumps(value))
+        limit = self.settings.max_input_bytes
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the {what} is {size} bytes of JSON; at most {limit} (TIDINGS_MAX_INPUT_BYTES)"
+            )
 
     async def _check(self, run_id: str, name: str, allowed: frozenset[RunStatus]) -> RunRecord:
         """The run's record if `name` may be sent to it now; NotFound or Conflict otherwise."""
@@ -189,6 +224,7 @@ class Control:
         limit = max(1, min(limit, 500))
         max_score, after_id = _parse_before(before)
         found: list[tuple[RunRecord, float]] = []
+        gone: list[str] = []
         while len(found) < limit:
             raw = await self.redis.zrevrangebyscore(
                 self.keys.runs, max_score, "-inf", start=0, num=_PAGE_SCAN, withscores=True
@@ -206,7 +242,8 @@ class Control:
                 hashes = await pipe.execute()
             for (rid, score), raw_hash in zip(ids, hashes, strict=True):
                 if not raw_hash:
-                    continue  # deleted meanwhile
+                    gone.append(rid)  # expired (retention) or deleted: never listed
+                    continue
                 rec = RunRecord.from_hash(rid, raw_hash)
                 if (workflow is None or rec.workflow == workflow) and (
                     status is None or rec.status.value == status
@@ -221,12 +258,23 @@ class Control:
             max_score, after_id = last_score, last_id
             if len(raw) < _PAGE_SCAN and len(found) < limit:
                 break
+        if gone:
+            await self._forget(gone)
         page = [rec for rec, _ in found]
         cursor = None
         if len(found) >= limit:
             rec, score = found[-1]
             cursor = f"{int(score)}:{rec.run_id}"
         return page, cursor
+
+    async def _forget(self, run_ids: list[str]) -> None:
+        """Drop from the indexes runs whose record is gone (their keys expired before the
+        index was trimmed): a listing repairs what it meets. A record is written in the same
+        MULTI as its index entry, so an entry without one is never a run being created."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.runs, *run_ids)
+            pipe.zrem(self.keys.expiring, *run_ids)
+            await pipe.execute()
 
 
 def _parse_before(before: str | None) -> tuple[float | str, str | None]:

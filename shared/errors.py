@@ -10,14 +10,21 @@ from pydantic import ValidationError
 from .echo import echo_errors
 
 __all__ = [
+    "STORAGE_FULL_RETRY_AFTER_S",
     "BadCursor",
     "Conflict",
     "Fenced",
     "InvalidInput",
     "NotFound",
+    "PayloadTooLarge",
     "RunFinished",
+    "StorageFull",
     "TidingsError",
 ]
+
+# How long a client is told to wait when Redis is full: memory comes back as finished runs
+# expire or are pruned, not within a second.
+STORAGE_FULL_RETRY_AFTER_S = 30
 
 
 class TidingsError(Exception):
@@ -26,6 +33,7 @@ class TidingsError(Exception):
     code = "error"
     status = 500
     headers: Mapping[str, str] | None = None  # sent with the error response
+    details: Any = None  # the body's `details` (InvalidInput: its field errors)
 
 
 class NotFound(TidingsError):
@@ -55,6 +63,13 @@ class InvalidInput(TidingsError):
         return cls(message, errors=exc.errors(include_url=False))
 
 
+class PayloadTooLarge(TidingsError):
+    """A run input, signal payload or event over its configured size."""
+
+    code = "payload_too_large"
+    status = 413
+
+
 class Conflict(TidingsError):
     """A transition the run's state does not allow (resume a running run, signal a finished one)."""
 
@@ -73,3 +88,11 @@ class RunFinished(Conflict):
     """The run already published its terminal event; its log is closed."""
 
     code = "run_finished"
+
+
+class StorageFull(TidingsError):
+    """Redis refused a write: it is at its memory cap (`maxmemory` with `noeviction`)."""
+
+    code = "storage_full"
+    status = 503
+    headers = {"Retry-After": str(STORAGE_FULL_RETRY_AFTER_S)}

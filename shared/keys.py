@@ -18,11 +18,25 @@ publish script needs.
 | `<ns>:run:{ID}:tlease:{TID}` | string  | a fanned-out task's lease                                |
 | `<ns>:runs`                  | zset    | every run by creation time (ms): history                 |
 | `<ns>:active`                | zset    | runs not yet finished: what the sweeper checks           |
+| `<ns>:expiring`              | zset    | finished runs by when their keys expire (ms)             |
 | `<ns>:queue`                 | zset    | the arq queue                                            |
 | channel `<ns>:run:{ID}`      | pub/sub | each event of the run (JSON with its stream `id`)        |
 | channel `<ns>:runs`          | pub/sub | run lifecycle summaries (JSON)                           |
 | channel `<ns>:wake`          | pub/sub | workers' doorbell: `job <id>` enqueued, `signal <run>`   |
 | `<ns>:compat:wf:{ID}`        | string  | seed-000 workflow definition until `execute` (TTL 1 d)   |
+| `<ns>:run:{ID}:viewers`      | zset    | viewer leases of the run (→ expiry), with their own TTL  |
+| `<ns>:client:{C}:starts`     | zset    | runs client C started in the last minute (id → ms)       |
+| `<ns>:client:{C}:runs`       | zset    | runs client C started, until seen finished (id → ms)     |
+| `<ns>:client:{C}:viewers`    | zset    | client C's viewer leases (`<gateway>:<viewer>` → expiry) |
+| `<ns>:client:{C}:idem:{H}`   | string  | `<run id> <body hash>` of an Idempotency-Key (TTL 1 d)   |
+| `<ns>:stream_runs`           | zset    | runs a seed stream started → when they are orphaned (ms) |
+| `<ns>:stream_runs:ends`      | zset    | the same runs → when they have run their longest (ms)    |
+| `<ns>:lock:stream_runs`      | string  | the gateway sweeping `stream_runs` (short TTL)           |
+
+When a run finishes, the publish script that records its terminal event gives every key above
+that carries its `{ID}` the retention TTL (`TIDINGS_RETENTION`; leases keep their shorter one) and
+enters the run in `<ns>:expiring`; entries that fall due are dropped from `<ns>:runs` as later runs
+finish, by `tidings prune`, and by any listing that meets a run whose record is gone.
 
 arq keeps its own per-job keys outside the namespace, named by job id (`run:{ID}:{attempt}`,
 `task:{ID}:{TID}:{attempt}.{try}`, see `shared.jobs`): `arq:job:<job id>` (the JSON payload),
@@ -40,6 +54,7 @@ __all__ = ["SCHEMA_VERSION", "Keys", "check_run_id"]
 SCHEMA_VERSION = 1
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CLIENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
 def check_run_id(run_id: str) -> str:
@@ -52,13 +67,23 @@ def check_run_id(run_id: str) -> str:
 class Keys:
     """Names for one namespace. Cheap to build; build one per process and pass it around."""
 
-    __slots__ = ("active", "ns", "queue", "runs", "runs_channel", "schema", "wake_channel")
+    __slots__ = (
+        "active",
+        "expiring",
+        "ns",
+        "queue",
+        "runs",
+        "runs_channel",
+        "schema",
+        "wake_channel",
+    )
 
     def __init__(self, namespace: str = "tidings") -> None:
         self.ns = namespace
         self.schema = f"{namespace}:schema"
         self.runs = f"{namespace}:runs"
         self.active = f"{namespace}:active"
+        self.expiring = f"{namespace}:expiring"
         self.queue = f"{namespace}:queue"
         self.runs_channel = f"{namespace}:runs"
         self.wake_channel = f"{namespace}:wake"
@@ -99,7 +124,9 @@ class Keys:
         return f"{self.ns}:compat:wf:{{{definition_id}}}"
 
     def run_keys(self, run_id: str) -> list[str]:
-        """Every key a run owns except task leases (for deletion and tests)."""
+        """Every key a run owns except task leases (whose names hold task ids): what retention
+        expires when the run finishes and `tidings prune` deletes. A new per-run key belongs
+        here."""
         return [
             self.run(run_id),
             self.events(run_id),
@@ -111,7 +138,61 @@ class Keys:
             self.lease(run_id),
         ]
 
+    def run_key_pattern(self) -> str:
+        """A SCAN pattern matching every per-run key (and nothing else of the namespace)."""
+        return f"{self.ns}:run:{{*}}*"
+
+    def run_id_from_key(self, key: str) -> str | None:
+        """The run id in a per-run key's hash tag, None for a key that is not one."""
+        prefix = f"{self.ns}:run:{{"
+        if not key.startswith(prefix):
+            return None
+        run_id, sep, _ = key[len(prefix) :].partition("}")
+        return run_id if sep else None
+
     def run_id_from_channel(self, channel: str) -> str:
         prefix = f"{self.ns}:run:{{"
         assert channel.startswith(prefix) and channel.endswith("}"), channel
         return channel[len(prefix) : -1]
+
+    # -- the gateway's per-client limits and viewer presence ---------------------------------
+
+    def run_viewers(self, run_id: str) -> str:
+        """The run's viewer leases, each `<gateway>:<viewer>` scored by its expiry (ms)."""
+        return f"{self.run(run_id)}:viewers"
+
+    def run_affixes(self) -> tuple[str, str]:
+        """What goes before and after a run id in its hash's name (for scripts that build it)."""
+        head, _, tail = self.run("\0").partition("\0")
+        return head, tail
+
+    def client(self, client: str) -> str:
+        """The prefix of one client's keys. A client id (`token:…`, `session:…`, `addr:…`) may
+        hold an address taken from a header, so anything but a plain name character is `_`."""
+        return f"{self.ns}:client:{{{_CLIENT_UNSAFE.sub('_', client)[:120]}}}"
+
+    def client_starts(self, client: str) -> str:
+        return f"{self.client(client)}:starts"
+
+    def client_runs(self, client: str) -> str:
+        return f"{self.client(client)}:runs"
+
+    def client_viewers(self, client: str) -> str:
+        return f"{self.client(client)}:viewers"
+
+    def idempotency(self, client: str, key_hash: str) -> str:
+        return f"{self.client(client)}:idem:{key_hash}"
+
+    @property
+    def stream_runs(self) -> str:
+        """Runs a seed stream started, scored by when they count as orphaned (ms)."""
+        return f"{self.ns}:stream_runs"
+
+    @property
+    def stream_run_ends(self) -> str:
+        """The same runs, scored by when they have run for their longest (ms)."""
+        return f"{self.ns}:stream_runs:ends"
+
+    @property
+    def stream_runs_lock(self) -> str:
+        return f"{self.ns}:lock:stream_runs"

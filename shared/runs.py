@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import OutOfMemoryError, WatchError
 
 from . import codec
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, StorageFull
 from .events import RunStatus, RunSummary, now_iso, now_ms
 from .keys import SCHEMA_VERSION, Keys, check_run_id
 
@@ -41,6 +41,7 @@ class RunRecord(BaseModel):
     last_event_id: str = ""
     result: Any = None
     error: str = ""
+    owner: str = ""  # the client that started it through a gateway (`token:<fingerprint>`, …)
 
     @classmethod
     def from_hash(cls, run_id: str, raw: dict[bytes, bytes]) -> RunRecord:
@@ -69,6 +70,8 @@ class RunStore:
         **extra: str,
     ) -> RunRecord:
         """Write a queued run record, index it, announce it. One MULTI: all or nothing.
+
+        Redis at its memory cap refuses the whole MULTI (`StorageFull`): nothing is written.
 
         `also(pipe, run_id)` (sync or async) may queue more commands into the same MULTI (the
         run's first job).
@@ -107,6 +110,8 @@ class RunStore:
                 await pipe.execute()
             except WatchError:
                 raise taken from None
+            except OutOfMemoryError:
+                raise StorageFull("storage is full: Redis refused to record a new run") from None
         return record
 
     async def get(self, run_id: str) -> RunRecord:

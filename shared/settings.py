@@ -9,16 +9,36 @@ should stop it from starting.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["ROLES", "Settings", "parse_auth_tokens"]
+__all__ = ["ROLES", "Settings", "parse_auth_tokens", "parse_duration"]
 
 _PREFIX = "TIDINGS_"
 _RESERVED_PREFIXES = ("TIDINGS_TEST_",)
+
+_DURATION_UNITS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(?:\d+[wdhms])+|\d+")
+_DURATION_PART = re.compile(r"(\d+)([wdhms])")
+
+
+def parse_duration(value: str | int) -> int:
+    """Seconds from `604800`, `7d`, `12h`, `90m`, `45s` or `1d12h`. ValueError otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("a duration is not negative")
+        return value
+    text = str(value).strip().lower()
+    if not _DURATION.fullmatch(text):
+        raise ValueError("a duration is seconds or a number with a unit: 7d, 12h, 30m, 45s")
+    if text.isdigit():
+        return int(text)
+    return sum(int(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
 
 ROLES = ("admin", "viewer")
 _MIN_TOKEN = 16
@@ -67,6 +87,24 @@ class Settings(BaseModel):
     )
 
     events_maxlen: int = Field(10_000, ge=10, description="Approximate length cap of a run's log.")
+    retention: int = Field(
+        604_800,
+        ge=0,
+        description="How long a finished run's keys stay in Redis: seconds, or `7d`, `12h`, "
+        "`30m`; 0 keeps them forever.",
+    )
+    storage_full_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long a running run retries a write Redis refuses as out of memory "
+        "before it fails.",
+    )
+    valkey_maxmemory: str = Field(
+        "512mb",
+        pattern=r"(?i)^(0|[1-9][0-9]*(b|k|kb|m|mb|g|gb)?)$",
+        description="Memory cap of the embedded Valkey (`maxmemory`; 0 = none). Past it, "
+        "writes are refused, never evicted.",
+    )
     sse_heartbeat_s: float = Field(15.0, gt=0, description="Comment heartbeat interval.")
     sse_retry_ms: int = Field(2_000, ge=0, description="`retry:` hint sent to EventSource.")
     viewer_buffer: int = Field(
@@ -96,6 +134,19 @@ class Settings(BaseModel):
     )
     replay_page: int = Field(500, ge=1, le=10_000, description="XRANGE page size when replaying.")
     max_body_bytes: int = Field(1_048_576, ge=1_024, description="Largest accepted request body.")
+    max_input_bytes: int = Field(
+        65_536, ge=256, description="Largest run input or signal payload, as compact JSON."
+    )
+    max_event_bytes: int = Field(
+        262_144,
+        ge=4_096,
+        description="Largest event in a run's log; bigger `data` is replaced by a marker.",
+    )
+    page_max_bytes: int = Field(
+        1_048_576,
+        ge=16_384,
+        description="Bytes of events per replay or JSON page (a page holds at least one event).",
+    )
 
     auth_tokens: str | None = Field(
         None,
@@ -127,6 +178,39 @@ class Settings(BaseModel):
     )
     token: str | None = Field(None, description="Bearer token the CLI sends to the gateway.")
 
+    runs_per_minute: int = Field(
+        120, ge=1, description="Runs one client may start in any 60 s (429 past it)."
+    )
+    active_runs_per_client: int = Field(
+        32, ge=1, description="Unfinished runs one client may have started (429 past it)."
+    )
+    viewers_per_client: int = Field(
+        64,
+        ge=1,
+        description="Event streams one client may hold open at once, over all gateways (429 "
+        "past it).",
+    )
+    viewer_lease_s: float = Field(
+        15.0,
+        ge=0.5,
+        description="A viewer's lease in Redis; its gateway renews it every third of this.",
+    )
+    orphan_grace_s: float = Field(
+        30.0,
+        ge=0.1,
+        description="A run started by `/monty/stream` is stopped this long after its last "
+        "viewer left.",
+    )
+    stream_run_max_s: float = Field(
+        3_600.0, ge=1, description="Longest a run started by `/monty/stream` may go on."
+    )
+    chat_idle_s: float = Field(
+        900.0,
+        ge=1,
+        le=7 * 86_400,
+        description="A chat started by `POST /chat` ends after this long without a message.",
+    )
+
     lease_ttl_ms: int = Field(3_000, ge=200, description="A running run's heartbeat lease.")
     lease_refresh_ms: int = Field(1_000, ge=50, description="How often a worker renews its lease.")
     worker_max_jobs: int = Field(64, ge=1, description="Concurrent jobs per worker process.")
@@ -147,6 +231,11 @@ class Settings(BaseModel):
     llm_token_delay_ms: float = Field(
         18.0, ge=0, description="Simulated model: mean delay between tokens."
     )
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
 
     @field_validator("auth_tokens")
     @classmethod

@@ -429,22 +429,24 @@ async def test_tabs_that_come_after_the_log_was_trimmed_get_a_resync_then_the_re
 
 
 async def test_more_runs_than_one_stream_carries_are_split_over_connections(
-    browser: Browser, stack: Stack
+    browser: Browser, processes: Any, settings_env: Callable[..., dict[str, str]]
 ) -> None:
     """Past the gateway's TIDINGS_STREAM_MAX_RUNS (64) per stream, the hub opens another stream
     instead of asking for more than one may carry (a 400, retried forever)."""
-    runs = [(await stack.start("monty", SLOW_MONTY))["run_id"] for _ in range(70)]
-    # The worker runs the first ones (the rest wait for a slot): follow those last, so the second
-    # stream carries runs that publish.
-    order = runs[6:] + runs[:6]
-    context = await browser.new_context()
-    page, _ = await open_tab(context, stack, *order, feed=False)
-    await eventually(lambda: _all_viewed(stack, runs), "each of the 70 runs has its viewer", 60)
-    for run in (order[0], order[30], order[64], order[-1]):
-        await wait_events(page, run, 2)
-    for run in runs:
-        await stack.client.post(f"/api/runs/{run}/signals/cancel")
-    await context.close()
+    # 70 unfinished runs of one client: more than TIDINGS_ACTIVE_RUNS_PER_CLIENT allows.
+    async with tabs_stack(processes, settings_env, active_runs_per_client=100) as stack:
+        runs = [(await stack.start("monty", SLOW_MONTY))["run_id"] for _ in range(70)]
+        # The worker runs the first ones (the rest wait for a slot): follow those last, so the
+        # second stream carries runs that publish.
+        order = runs[6:] + runs[:6]
+        context = await browser.new_context()
+        page, _ = await open_tab(context, stack, *order, feed=False)
+        await eventually(lambda: _all_viewed(stack, runs), "each of the 70 runs has its viewer", 60)
+        for run in (order[0], order[30], order[64], order[-1]):
+            await wait_events(page, run, 2)
+        for run in runs:
+            await stack.client.post(f"/api/runs/{run}/signals/cancel")
+        await context.close()
 
 
 async def _all_viewed(stack: Stack, runs: list[str]) -> bool:

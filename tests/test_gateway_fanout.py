@@ -25,7 +25,7 @@ from tests.test_gateway_support import (
 async def test_500_viewers_receive_the_identical_gapless_sequence_and_the_end(
     gateway_factory: GatewayFactory, bus: Bus, store: RunStore
 ) -> None:
-    gw = await gateway_factory()
+    gw = await gateway_factory(viewers_per_client=500)  # one client's 500 streams
     run = await store.create("demo", None)
     await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go")
     streams = await asyncio.gather(

@@ -54,6 +54,7 @@ __all__ = [
     "client_address",
     "is_https",
     "is_loopback",
+    "principal_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,13 @@ def authorize(conn: HTTPConnection, need: Need, run_id: str | None = None) -> Pr
             raise Forbidden("a share token reads its own run only")
         raise Forbidden("this token may read but not control runs")
     conn.scope["tidings.principal"] = principal
+    return principal
+
+
+def principal_of(conn: HTTPConnection) -> Principal:
+    """The caller `authorize` found for this request (it must have been called)."""
+    principal = conn.scope.get("tidings.principal")
+    assert isinstance(principal, Principal), "authorize the request first"
     return principal
 
 

@@ -9,6 +9,7 @@ dashboard's static files at `/` (mounted only when `frontend/index.html` exists)
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -35,8 +36,11 @@ from .edge import Edge
 from .errors import BodyLimitMiddleware, exception_handlers
 from .fanout import Hub
 from .lane import StreamLane
+from .limits import Admission
 from .metrics import Gauges, Stats, make_registry
+from .presence import Presence
 from .source import PubSubSource
+from .stream_runs import StreamRuns
 from .viewer import ViewerLimits
 
 __all__ = ["FRONTEND_DIR", "asgi_app", "create_app"]
@@ -82,7 +86,13 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
     assert settings.redis_url
     redis = connect(settings.redis_url)
     keys = Keys(settings.namespace)
-    bus = Bus(redis, keys, maxlen=settings.events_maxlen)
+    bus = Bus(
+        redis,
+        keys,
+        maxlen=settings.events_maxlen,
+        max_event_bytes=settings.max_event_bytes,
+        retention_ms=settings.retention * 1000,
+    )
     stats = Stats()
     limits = ViewerLimits(
         buffer_events=settings.viewer_buffer,
@@ -98,6 +108,10 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
         connected=lambda: hub.connected,
         buffer_limit=settings.viewer_buffer,
     )
+    control = Control(redis, keys, bus, settings)
+    gateway_id = uuid.uuid4().hex[:12]  # names this process's viewer leases
+    presence = Presence(redis, keys, settings, gateway_id)
+    stream_runs = StreamRuns(redis, keys, settings, control, gateway_id)
     app.state.ctx = Gateway(
         settings=settings,
         keys=keys,
@@ -105,8 +119,11 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
         bus=bus,
         store=RunStore(redis, keys),
         hub=hub,
-        control=Control(redis, keys, bus, settings),
+        control=control,
         registry=make_registry(stats, gauges),
+        admission=Admission(redis, keys, settings),
+        presence=presence,
+        stream_runs=stream_runs,
     )
     try:
         await ensure_schema(redis, keys)
@@ -114,8 +131,12 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
         # Not fatal: the hub keeps retrying and /readyz says 503 until Redis answers.
         log.warning("Redis unreachable at start-up; schema check skipped")
     hub.start()
+    presence.start()
+    stream_runs.start()
     try:
         yield
     finally:
+        await stream_runs.close()
         await hub.close(timeout=_HUB_STOP_TIMEOUT_S)
+        await presence.close()  # after the streams ended: their leases go in one batch
         await redis.aclose()

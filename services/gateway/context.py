@@ -15,6 +15,9 @@ from shared.runs import RunStore
 from shared.settings import Settings
 
 from .fanout import Hub
+from .limits import Admission
+from .presence import Presence
+from .stream_runs import StreamRuns
 
 __all__ = ["Gateway", "gateway"]
 
@@ -29,6 +32,9 @@ class Gateway:
     hub: Hub
     control: Control
     registry: CollectorRegistry
+    admission: Admission
+    presence: Presence
+    stream_runs: StreamRuns
 
 
 def gateway(conn: HTTPConnection) -> Gateway:

@@ -10,6 +10,7 @@
   request, and an error must always be encodable.
 - A client that goes away while its body is read is not an error of ours: logged at debug.
 - Redis being unreachable is a 503 with `Retry-After`, not a 500: the request may simply be retried.
+  Redis at its memory cap (an OOM reply) is a 503 `storage_full`, also with `Retry-After`.
 - Anything else is logged with its traceback and answered with a bare 500.
 - `BodyLimitMiddleware` caps request bodies at `max_body_bytes`: a declared `Content-Length` over
   the cap is refused before the app runs; a chunked body is counted as it is read and the read
@@ -25,6 +26,7 @@ from http import HTTPStatus
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -34,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import codec
 from shared.echo import echo_text
-from shared.errors import InvalidInput, TidingsError
+from shared.errors import InvalidInput, StorageFull, TidingsError
 
 __all__ = [
     "BadRequest",
@@ -103,7 +105,7 @@ def _status_code_name(status: int) -> str:
 
 async def _tidings_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TidingsError)
-    details = exc.errors if isinstance(exc, InvalidInput) else None
+    details = exc.errors if isinstance(exc, InvalidInput) else exc.details
     return error_response(exc.status, exc.code, str(exc) or exc.code, details, exc.headers)
 
 
@@ -144,6 +146,12 @@ async def _redis_down(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _redis_full(request: Request, exc: Exception) -> Response:
+    log.warning("%s %s: redis is out of memory: %s", request.method, request.url.path, exc)
+    full = StorageFull("storage is full; retry later, or free space with `tidings prune`")
+    return await _tidings_error(request, full)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal", "internal server error")
@@ -155,6 +163,7 @@ _HANDLERS: dict[type[Exception], Any] = {
     ClientDisconnect: _client_gone,
     RedisConnectionError: _redis_down,
     RedisTimeoutError: _redis_down,
+    RedisOutOfMemoryError: _redis_full,
     Exception: _unexpected,
 }
 

@@ -18,7 +18,8 @@ This is what lets a browser hold one connection for all its tabs. Decisions wort
   A run that does not exist gets one `event: missing` with `{"run_id"}`.
 - The feed (`feed=runs`) is the same `snapshot` + `run` events as `/api/runs/events`.
 - The stream ends once every run has ended, unless it carries the feed.
-- The stream counts as one viewer of each run it carries.
+- The stream counts as one viewer of each run it carries, and holds one viewer lease
+  (`presence.py`): one of its client's `TIDINGS_VIEWERS_PER_CLIENT`.
 """
 
 from __future__ import annotations
@@ -92,19 +93,22 @@ async def streams(request: Request) -> Response:
         raise BadRequest("the only feed is `runs`")
     if not runs and not feeds:
         raise BadRequest("name at least one `run=ID[/CURSOR]` or `feed=runs`")
-    if feeds:
-        authorize(request, Need.READ)
+    principal = authorize(request, Need.READ) if feeds else None
     for run_id in runs:
-        authorize(request, Need.READ, run_id)
+        principal = authorize(request, Need.READ, run_id)
+    assert principal is not None
     async with ctx.redis.pipeline(transaction=False) as pipe:
         for run_id in runs:
             pipe.exists(ctx.keys.run(run_id))
         found: list[int] = await pipe.execute()
     cursors: list[Cursor] = [LifecycleCursor(ctx)] if feeds else []
+    runs_followed: list[RunCursor] = []
     missing = b""
     for (run_id, cursor), exists in zip(runs.items(), found, strict=True):
         if exists:
-            cursors.append(RunCursor(ctx, run_id, cursor, mux_render))
+            runs_followed.append(RunCursor(ctx, run_id, cursor, mux_render))
         else:
             missing += sse.encode(codec.dumps({"run_id": run_id}), event="missing")
-    return event_stream(ctx, cursors, preamble=missing, ends_when_done=not feeds)
+    cursors += runs_followed
+    lease = await ctx.presence.acquire(principal.client, [c.run_id for c in runs_followed])
+    return event_stream(ctx, cursors, lease=lease, preamble=missing, ends_when_done=not feeds)

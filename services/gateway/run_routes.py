@@ -39,6 +39,7 @@ from shared.runs import RunRecord
 from shared.workflow import WORKFLOWS
 
 from .access import Need, authorize
+from .idempotency import start_once
 
 __all__ = [
     "MalformedBody",
@@ -173,12 +174,22 @@ async def list_workflows(request: Request) -> JSONResponse:
 
 
 async def start_run(request: Request) -> JSONResponse:
-    authorize(request, Need.CONTROL)
-    body = parse_model(StartRun, await read_json(request))
-    record = await control_of(request).start(body.workflow, body.input)
-    return JSONResponse(
-        run_view(record), status_code=201, headers={"Location": f"/api/runs/{record.run_id}"}
+    """201 and the new run; with an `Idempotency-Key` already used, 200 and that run."""
+    principal = authorize(request, Need.CONTROL)
+    raw = await read_json(request)
+    body = parse_model(StartRun, raw)
+    record, replayed = await start_once(
+        request.app.state.ctx,
+        principal.client,
+        body.workflow,
+        body.input,
+        key=request.headers.get("idempotency-key"),
+        body=raw,
     )
+    headers = {"Location": f"/api/runs/{record.run_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(run_view(record), status_code=200 if replayed else 201, headers=headers)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -315,10 +326,21 @@ def openapi_spec() -> dict[str, Any]:
             "/api/runs": {
                 "post": {
                     "summary": "Start a run",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "description": "1-200 printable characters; a retry with the same"
+                            " key and body within 24 h returns the same run (200)",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                        }
+                    ],
                     "requestBody": {"content": {"application/json": {"schema": ref("StartRun")}}},
                     "responses": {
                         "201": reply("the queued run", ref("RunRecord")),
+                        "200": reply("the run this Idempotency-Key started", ref("RunRecord")),
                         "404": error,
+                        "429": reply("over a per-client limit (see Retry-After)", ref("Error")),
                         **body_errors,
                     },
                 },

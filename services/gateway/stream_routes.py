@@ -19,8 +19,9 @@ from starlette.routing import BaseRoute, Route
 
 from shared import codec
 from shared.keys import check_run_id
+from shared.runs import RunRecord
 
-from .access import Need, authorize
+from .access import Need, Principal, authorize
 from .context import gateway
 from .cursors import LifecycleCursor, format_id
 from .errors import BadRequest, error_response
@@ -65,15 +66,15 @@ async def run_events(request: Request) -> Response:
     `{"events": [...], "next": "<last id in the page or null>", "gap": bool, "run": {...}}`
     where `gap` says the log was trimmed past the cursor (events before `events[0]` are gone)."""
     run_id = check_run_id(request.path_params["run_id"])
-    authorize(request, Need.READ, run_id)
+    principal = authorize(request, Need.READ, run_id)
     after = request_cursor(request)
     if not _wants_json(request):
         return await stream_run(request, run_id, after=after)
     limit = _page_limit(request)
     ctx = gateway(request)
     cursor = after or (0, 0)
-    record = await ctx.store.get(run_id)
-    page, info = await ctx.bus.read_page(run_id, cursor, limit)
+    record = _shown(await ctx.store.get(run_id), principal)
+    page, info = await ctx.bus.read_page(run_id, cursor, limit, ctx.settings.page_max_bytes)
     nxt = b'"' + format_id(page[-1][0]).encode() + b'"' if page else b"null"
     # The stored events are already JSON: the page is spliced, never decoded and re-encoded.
     body = b"".join(
@@ -92,21 +93,28 @@ async def run_events(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
+def _shown(record: RunRecord, principal: Principal) -> RunRecord:
+    """The record as `principal` may see it: a share token's holder is not told who started
+    the run (an address, a token's fingerprint)."""
+    return record.model_copy(update={"owner": ""}) if principal.role == "share" else record
+
+
 async def run_record(request: Request) -> Response:
-    """The run record plus `viewers`: viewers of this run connected to THIS gateway process
-    (each gateway counts its own; behind a load balancer, sum over gateways)."""
+    """The run record plus `viewers`: live viewer leases of this run on every gateway (the
+    registry in Redis, `presence.py`)."""
     ctx = gateway(request)
     run_id = check_run_id(request.path_params["run_id"])
-    authorize(request, Need.READ, run_id)
-    record = await ctx.store.get(run_id)
-    return _JSON({**run_view(record), "viewers": ctx.hub.viewers(run_id)})
+    principal = authorize(request, Need.READ, run_id)
+    record = _shown(await ctx.store.get(run_id), principal)
+    return _JSON({**run_view(record), "viewers": await ctx.presence.count(run_id)})
 
 
 async def runs_events(request: Request) -> Response:
     """Lifecycle summaries of all runs: one `snapshot` of the most recent, then `run` events."""
-    authorize(request, Need.READ)
+    principal = authorize(request, Need.READ)
     ctx = gateway(request)
-    return event_stream(ctx, [LifecycleCursor(ctx)], ends_when_done=False)
+    lease = await ctx.presence.acquire(principal.client)
+    return event_stream(ctx, [LifecycleCursor(ctx)], lease=lease, ends_when_done=False)
 
 
 async def healthz(request: Request) -> Response:

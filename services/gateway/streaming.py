@@ -14,7 +14,10 @@ The response is a small ASGI class: it sends the head, hands the connection to t
 `Viewer` (see `viewer.py` for the fast path that writes straight to the transport) and waits for
 the client to go away or the stream to end. A viewer that accepts no bytes within
 `send_timeout_s` is aborted; a client disconnect releases everything the gateway held for it at
-once.
+once, its viewer lease included.
+
+Every stream holds a viewer lease (`presence.py`), acquired by its route before the response
+starts, so a client over `TIDINGS_VIEWERS_PER_CLIENT` gets a JSON 429 and no stream.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from shared.errors import NotFound
 from shared.keys import check_run_id
 from shared.streamid import StreamId, parse_cursor
 
+from .access import principal_of
 from .context import Gateway, gateway
 from .cursors import RunCursor
 from .fanout import Hub
 from .fastpath import stream_transport
 from .messages import Render
+from .presence import Lease
 from .viewer import Cursor, Viewer
 
 __all__ = [
@@ -64,16 +69,25 @@ class EventStreamResponse(Response):
         preamble: bytes = b"",
         ends_when_done: bool = True,
         headers: Mapping[str, str] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.status_code = 200
         self.background = None
         self._hub = hub
+        self._lease = lease
         self._cursors = cursors
         self._preamble = preamble
         self._ends_when_done = ends_when_done
         self.init_headers({**SSE_HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(scope, receive, send)
+        finally:
+            if self._lease is not None:
+                self._lease.release()
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self._hub
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         try:
@@ -96,12 +110,18 @@ class EventStreamResponse(Response):
 
 
 def event_stream(
-    ctx: Gateway, cursors: list[Cursor], *, preamble: bytes = b"", ends_when_done: bool = True
+    ctx: Gateway,
+    cursors: list[Cursor],
+    *,
+    lease: Lease,
+    preamble: bytes = b"",
+    ends_when_done: bool = True,
 ) -> EventStreamResponse:
-    """An event stream of `cursors`, starting with `preamble` and the `retry:` hint."""
+    """An event stream of `cursors`, starting with `preamble` and the `retry:` hint; `lease` is
+    released when the response is over."""
     retry = b"retry: %d\n\n" % ctx.settings.sse_retry_ms
     return EventStreamResponse(
-        ctx.hub, cursors, preamble=preamble + retry, ends_when_done=ends_when_done
+        ctx.hub, cursors, preamble=preamble + retry, ends_when_done=ends_when_done, lease=lease
     )
 
 
@@ -122,6 +142,7 @@ async def stream_run(
     after: StreamId | None = None,
     render: Render | None = None,
     preamble: bytes = b"",
+    lease: Lease | None = None,
 ) -> Response:
     """An SSE response following one run until its terminal event.
 
@@ -129,14 +150,24 @@ async def stream_run(
     one, else the beginning of the run. `render` turns one published event's JSON into SSE bytes
     (None skips the event); default: the native `id:`/`event:`/`data:` encoding shared by all
     viewers. `preamble` is written first (before the `retry:` hint). A cursor that fell off the
-    trimmed log gets the native `event: resync` message whatever the render. Raises NotFound (404)
-    for an unknown run and BadCursor (400) for a malformed `Last-Event-ID`.
+    trimmed log gets the native `event: resync` message whatever the render. `lease`: the
+    viewer lease the caller acquired already (released here if the stream cannot start); None
+    acquires one for the authorized caller. Raises NotFound (404) for an unknown run, BadCursor
+    (400) for a malformed `Last-Event-ID` and TooManyViewers (429).
     """
     ctx = gateway(request)
-    check_run_id(run_id)
-    if after is None:
-        header = request.headers.get("last-event-id")
-        after = parse_cursor(header) if header else None
-    if not await ctx.store.exists(run_id):
-        raise NotFound(f"no run {run_id!r}")
-    return event_stream(ctx, [RunCursor(ctx, run_id, after or (0, 0), render)], preamble=preamble)
+    try:
+        check_run_id(run_id)
+        if after is None:
+            header = request.headers.get("last-event-id")
+            after = parse_cursor(header) if header else None
+        if not await ctx.store.exists(run_id):
+            raise NotFound(f"no run {run_id!r}")
+    except BaseException:
+        if lease is not None:
+            lease.release()
+        raise
+    if lease is None:
+        lease = await ctx.presence.acquire(principal_of(request).client, [run_id])
+    cursor = RunCursor(ctx, run_id, after or (0, 0), render)
+    return event_stream(ctx, [cursor], lease=lease, preamble=preamble)

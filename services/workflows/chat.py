@@ -15,7 +15,8 @@ effect nor answers twice.
 
 A model failure during a reply is reported in the reply and as a `log` event; the conversation
 goes on. The run ends on `stop` (after the current turn) or after `idle_timeout_s` without a
-message.
+message: it then completes, after a `log` event with data `{"reason": "idle"}` that says so.
+`POST /chat` starts chats with the gateway's `TIDINGS_CHAT_IDLE_S`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ async def chat(run: Run, input: ChatInput) -> dict[str, Any]:
         await run.save_state(status="waiting")
         signal = await run.next_message(timeout=input.idle_timeout_s)
         if signal is None:
+            if not run.stop_requested:
+                await run.emit(
+                    EventType.LOG,
+                    f"no message for {input.idle_timeout_s:g} s: the conversation ends",
+                    data={"reason": "idle", "idle_timeout_s": input.idle_timeout_s},
+                )
             break  # stop requested or idle too long
         text = str(signal.payload.get("text") or signal.payload.get("message") or "").strip()
         if not text:

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from services.gateway.access import Need, authorize
+from services.gateway.limits import start_limited
 from services.gateway.run_routes import control_of, parse_model, read_json
 from services.gateway.streaming import stream_run
 from shared import codec
@@ -121,14 +122,15 @@ async def _definition(request: Request, def_id: str) -> dict[str, Any] | None:
 
 async def execute_definition(request: Request) -> JSONResponse:
     def_id = request.path_params["id"]
-    authorize(request, Need.CONTROL, def_id)
+    principal = authorize(request, Need.CONTROL, def_id)
     definition = await _definition(request, def_id)
     control = control_of(request)
     if definition is None:
         record = await control.get(def_id)  # NotFound if neither exists
         raise Conflict(f"workflow {def_id} was already executed (status {record.status.value})")
-    record = await control.start(definition["workflow"], definition["input"], run_id=def_id)
     ctx = request.app.state.ctx
+    workflow, input = definition["workflow"], definition["input"]
+    record = await start_limited(ctx, principal.client, workflow, input, run_id=def_id)
     await ctx.redis.delete(ctx.keys.compat_definition(def_id))
     metadata: dict[str, Any] = {"run_url": f"/api/runs/{def_id}"}
     if request.query_params.get("stream", "").lower() in ("1", "true", "yes"):

@@ -6,11 +6,14 @@
   fields under both the trace view's and the query's names. Each message's `id:` is
   `<run id>/<stream id>`: a reconnecting EventSource sends it back as `Last-Event-ID` and resumes
   the same run instead of starting a new one; after the run's last event, a 204 tells it to
-  stop reconnecting.
+  stop reconnecting. The run belongs to its stream (`stream_runs.py`): once no viewer of it has
+  held a lease for `TIDINGS_ORPHAN_GRACE_S` (a reconnect to any gateway renews it), it is stopped
+  as `POST /workflow/{id}/signal/stop` would, and after `TIDINGS_STREAM_RUN_MAX_S` in any case.
 - `POST /workflow/{id}/signal/stop`, `GET /workflow/{id}/status|query|history`.
 - `POST /chat {"message", "workflow_id"?}` starts a `chat` run or messages an existing one and
   waits (bounded, `timeout_s`, default 30 s) for the reply; 200 with the reply, or 202 with
-  `"status": "pending"` if the model is still answering (read it from `/history`).
+  `"status": "pending"` if the model is still answering (read it from `/history`). A chat started
+  here completes after `TIDINGS_CHAT_IDLE_S` without a message, with a `log` event saying so.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from services.gateway.access import Need, authorize
+from services.gateway.context import gateway
+from services.gateway.limits import start_limited
 from services.gateway.run_routes import control_of, parse_model, read_json
 from services.gateway.streaming import stream_run
 from shared import codec
@@ -107,30 +112,38 @@ def render_monty(run_id: str) -> Any:
 
 
 async def monty_stream(request: Request) -> Response:
-    control = control_of(request)
     resumed = _resume_point(request)
-    if resumed is not None:
-        run_id, after = resumed
-        authorize(request, Need.READ, run_id)
-        if await finished_at(request, run_id, after):
-            return Response(status_code=204)
-    else:
-        authorize(request, Need.CONTROL)
-        raw = await read_json(request, empty={}) if request.method == "POST" else {}
-        if not isinstance(raw, dict):
-            raise InvalidInput(
-                "the body must be a JSON object of monty input",
-                errors=[{"loc": ["body"], "msg": "expected an object", "type": "dict_type"}],
-            )
-        params = {k: v for k, v in request.query_params.items() if k != "quotes"}
-        if "quotes" in request.query_params:
-            params["quotes"] = request.query_params.getlist("quotes")  # type: ignore[assignment]
-        record = await control.start("monty", {**params, **raw})
-        run_id, after = record.run_id, None
-    render = render_monty(run_id)
-    if after is None:
-        return await stream_run(request, run_id, render=render)
-    return await stream_run(request, run_id, after=after, render=render)
+    if resumed is None:
+        return await _start_monty(request)
+    run_id, after = resumed
+    authorize(request, Need.READ, run_id)
+    if await finished_at(request, run_id, after):
+        return Response(status_code=204)
+    return await stream_run(request, run_id, after=after, render=render_monty(run_id))
+
+
+async def _start_monty(request: Request) -> Response:
+    principal = authorize(request, Need.CONTROL)
+    raw = await read_json(request, empty={}) if request.method == "POST" else {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(
+            "the body must be a JSON object of monty input",
+            errors=[{"loc": ["body"], "msg": "expected an object", "type": "dict_type"}],
+        )
+    params = {k: v for k, v in request.query_params.items() if k != "quotes"}
+    if "quotes" in request.query_params:
+        params["quotes"] = request.query_params.getlist("quotes")  # type: ignore[assignment]
+    # The viewer's lease first: a client with no stream left starts no run.
+    ctx = gateway(request)
+    run_id = str(uuid.uuid4())
+    lease = await ctx.presence.acquire(principal.client, [run_id])
+    try:
+        await start_limited(ctx, principal.client, "monty", {**params, **raw}, run_id=run_id)
+        await ctx.stream_runs.own(run_id)  # it ends when its viewers are gone
+    except BaseException:
+        lease.release()
+        raise
+    return await stream_run(request, run_id, render=render_monty(run_id), lease=lease)
 
 
 def _resume_point(request: Request) -> tuple[str, StreamId] | None:
@@ -201,7 +214,7 @@ class _ChatRequest(BaseModel):
 
 
 async def chat(request: Request) -> JSONResponse:
-    authorize(request, Need.CONTROL)
+    principal = authorize(request, Need.CONTROL)
     body = parse_model(_ChatRequest, await read_json(request))
     control = control_of(request)
     if body.workflow_id:
@@ -212,7 +225,10 @@ async def chat(request: Request) -> JSONResponse:
         await control.signal(body.workflow_id, "message", {"text": body.message, "ref": ref})
         run_id = body.workflow_id
     else:
-        record = await control.start("chat", {"message": body.message})
+        ctx = gateway(request)
+        idle = ctx.settings.chat_idle_s
+        chat_input = {"message": body.message, "idle_timeout_s": idle}
+        record = await start_limited(ctx, principal.client, "chat", chat_input)
         run_id, ref = record.run_id, "input"
     reply = await _await_reply(request, run_id, ref, body.timeout_s)
     if reply is None:
