@@ -126,3 +126,44 @@ async def t_burst(run: Run, input: BurstInput) -> int:
     for i in range(input.n):
         await run.emit(EventType.LOG, "tick", data={"i": i})
     return input.n
+
+
+class CountedInput(BaseModel):
+    log: str  # a file: every execution of a step or model call appends one line to it
+    n: int = 6
+    sleep_s: float = 0.2
+    fan: int = 2
+    max_tokens: int = 30
+
+
+def _record(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:  # one small O_APPEND write: never interleaved
+        f.write(line + "\n")
+
+
+async def _counted_step(log: str, i: int, sleep_s: float) -> dict[str, Any]:
+    _record(log, f"step {i}")
+    await asyncio.sleep(sleep_s)
+    return {"i": i, "pid": os.getpid()}
+
+
+@activity("t_counted_model")
+async def t_counted_model(ctx: TaskContext, log: str, i: int, max_tokens: int) -> str:
+    _record(log, f"model {i}")
+    return await ctx.complete(f"Say something about durable step {i}", max_tokens=max_tokens)
+
+
+@workflow("t_counted", Input=CountedInput)
+async def t_counted(run: Run, input: CountedInput) -> dict[str, Any]:
+    """Steps, then model calls fanned out, each leaving a line in `log` every time it executes."""
+    steps = []
+    for i in range(input.n):
+        steps.append(await run.step("s", _counted_step, input.log, i, input.sleep_s))
+        await run.progress(80 * (i + 1) / input.n, f"step {i} done")
+    answers = await run.parallel(
+        [
+            run.task("t_counted_model", input.log, i, input.max_tokens, name=f"m{i}", retries=0)
+            for i in range(input.fan)
+        ]
+    )
+    return {"steps": steps, "answers": len(answers)}

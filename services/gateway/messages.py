@@ -100,7 +100,7 @@ class Message:
 
 def event_message(data: bytes) -> Message | None:
     head = _HEAD.match(data)
-    if head is not None and b"\n" not in data:
+    if head is not None and b"\n" not in data and b"\r" not in data:  # else `frame` splits it
         eid, etype = head.group(1, 4)
         sid = (int(head.group(2)), int(head.group(3)))
         sse_bytes = b"id: " + eid + b"\nevent: " + etype + b"\ndata: " + data + b"\n\n"

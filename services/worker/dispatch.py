@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from shared.jobs import RUN_JOB, RUN_JOB_PREFIX, TASK_JOB, dumps_job, loads_job
 
 from .context import Engine
+from .outage import OUTAGE_ERRORS, OutageNotice
 from .runner import execute_run_job
 from .tasks import execute_task_job
 
@@ -102,13 +103,17 @@ class TidingsWorker(Worker):
         """arq's loop with an event-driven wait between polls (no burst mode: never used)."""
         self.ctx["redis"] = self.pool
         self.ctx["engine"].spawn(self.take_offers(), name="offers")
+        outage = OutageNotice("queue poll")
         while True:
             self._wake.clear()
             try:
                 await self._poll_iteration()
+            except OUTAGE_ERRORS as exc:
+                outage.failed(exc)  # Redis restarting or unreachable: retry after the poll delay
             except (ConnectionError, TimeoutError, RedisError) as exc:
-                # Redis restarting or unreachable: keep the process, retry after the poll delay.
                 logger.warning("queue poll failed: %s", exc)
+            else:
+                outage.ok()
             if self._wake.is_set():
                 continue
             with contextlib.suppress(TimeoutError):
@@ -180,10 +185,12 @@ class TidingsWorker(Worker):
 
 async def listen_doorbell(engine: Engine, worker: TidingsWorker) -> None:
     """Route wake-channel messages: `job …` wakes the poller, `signal <run>` reaches the run."""
+    outage = OutageNotice("doorbell")
     while True:
         pubsub = engine.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(engine.keys.wake_channel)
+            outage.ok()
             worker.wake()  # anything enqueued while we were not listening
             while True:
                 msg = await pubsub.get_message(timeout=None)
@@ -191,6 +198,9 @@ async def listen_doorbell(engine: Engine, worker: TidingsWorker) -> None:
                     _route(engine, worker, msg["data"])
         except asyncio.CancelledError:
             raise
+        except OUTAGE_ERRORS as exc:
+            outage.failed(exc)
+            await asyncio.sleep(_RECONNECT_S)
         except Exception:
             logger.warning("doorbell connection lost; reconnecting", exc_info=True)
             await asyncio.sleep(_RECONNECT_S)

@@ -8,8 +8,10 @@ queue (`task:{ID}:{TID}:{attempt}.{try}`).
 Waiting is a BLPOP on the run's `done` list, which executions push to when they finish; it is
 only a doorbell: after every wake-up (or every second at most) the run reads the truth in one
 pipeline: committed results and failures, live task leases, queued jobs. A task that is neither
-committed, leased nor queued lost its worker: it is re-enqueued with the next try
-(`task_retrying`). Deterministic job ids make racing re-enqueues harmless.
+committed, leased nor queued, and stays so for a full lease TTL, lost its worker: it is
+re-enqueued with the next try (`task_retrying`). The wait covers a lease that ran out while Redis
+was away: its worker renews it as soon as Redis is back. Deterministic job ids make racing
+re-enqueues harmless.
 
 Progress over a span (`run.parallel(..., progress=(start, end))`): the run counts the committed
 results it reads after each wake-up and publishes a `task_progress` event at
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from shared import codec
@@ -31,6 +34,7 @@ from shared.events import EventType
 from shared.jobs import TASK_JOB, task_job_id
 from shared.workflow import TaskSpec, get_activity
 
+from .outage import until_redis
 from .run import failed_message, retrying_message
 
 if TYPE_CHECKING:
@@ -73,23 +77,28 @@ async def run_parallel(
         for tid in pending:
             get_activity(by_id[tid].activity)  # unknown activity: fail the run here, not later
         tries = {tid: 0 for tid in pending}
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.delete(keys.done(run.run_id))
-            pipe.hset(
-                keys.tasks(run.run_id),
-                mapping={tid: codec.dumps(_spec_json(by_id[tid], meter.share)) for tid in pending},
-            )
-            for tid in pending:
-                await engine.queue.enqueue(
-                    TASK_JOB,
-                    task_job_id(run.run_id, tid, run.attempt, 0),
-                    run.run_id,
-                    tid,
-                    run.attempt,
-                    0,
-                    client=pipe,
+
+        async def enqueue_all() -> None:
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.delete(keys.done(run.run_id))
+                specs_json = {tid: _spec_json(by_id[tid], meter.share) for tid in pending}
+                pipe.hset(
+                    keys.tasks(run.run_id),
+                    mapping={tid: codec.dumps(spec) for tid, spec in specs_json.items()},
                 )
-            await pipe.execute()
+                for tid in pending:
+                    await engine.queue.enqueue(
+                        TASK_JOB,
+                        task_job_id(run.run_id, tid, run.attempt, 0),
+                        run.run_id,
+                        tid,
+                        run.attempt,
+                        0,
+                        client=pipe,
+                    )
+                await pipe.execute()
+
+        await until_redis(enqueue_all, f"run {run.run_id}: enqueue {group}")
         await _wait(run, by_id, tries, results, failed, meter)
     if failed:
         first = next(tid for tid in ids if tid in failed)
@@ -110,20 +119,14 @@ async def _wait(
     engine = run.engine
     keys, redis = engine.keys, engine.redis
     tick = min(1.0, engine.settings.lease_refresh_ms / 1000)
+    grace = engine.settings.lease_ttl_ms / 1000
+    loop = asyncio.get_running_loop()
+    missing_since: dict[str, float] = {}
+    what = f"run {run.run_id}: wait for tasks"
     while tries:
         pending = list(tries)
-        # One MULTI: an atomic snapshot, so a claim (ZREM + lease, one script) between two
-        # probes cannot make a task look lost.
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(keys.steps(run.run_id), [f"task:{t}" for t in pending])
-            pipe.hmget(keys.steps(run.run_id), [f"fail:{t}" for t in pending])
-            for tid in pending:
-                pipe.exists(keys.task_lease(run.run_id, tid))
-                job = task_job_id(run.run_id, tid, run.attempt, tries[tid])
-                nxt = task_job_id(run.run_id, tid, run.attempt, tries[tid] + 1)
-                pipe.zscore(keys.queue, job)
-                pipe.zscore(keys.queue, nxt)
-            done, fails, *probes = await pipe.execute()
+        done, fails, *probes = await until_redis(partial(_snapshot, run, pending, tries), what)
+        now = loop.time()
         lost: list[str] = []
         for i, tid in enumerate(pending):
             leased, queued, queued_next = probes[3 * i : 3 * i + 3]
@@ -136,9 +139,16 @@ async def _wait(
             elif queued_next is not None:
                 tries[tid] += 1  # its execution scheduled a retry
             elif not leased and queued is None:
-                lost.append(tid)
+                # Its worker died, or Redis was away while the lease ran out and the worker has
+                # not renewed it yet. Only a lease missing for a full TTL as seen from here
+                # means lost: a live worker renews it as soon as it reaches Redis.
+                if now - missing_since.setdefault(tid, now) >= grace:
+                    lost.append(tid)
+                continue
+            missing_since.pop(tid, None)
         await meter.report(len(results))
         for tid in lost:
+            del missing_since[tid]
             tries[tid] += 1
             if tries[tid] > specs[tid].retries + _LOST_EXTRA:
                 failed[tid] = await _give_up(run, specs[tid], tid, tries[tid])
@@ -153,18 +163,45 @@ async def _wait(
                 task_id=tid,
                 data={"try": tries[tid], "reason": "worker_lost"},
             )
-            await engine.queue.enqueue(
-                TASK_JOB,
-                task_job_id(run.run_id, tid, run.attempt, tries[tid]),
-                run.run_id,
-                tid,
-                run.attempt,
-                tries[tid],
+            await until_redis(
+                partial(
+                    engine.queue.enqueue,
+                    TASK_JOB,
+                    task_job_id(run.run_id, tid, run.attempt, tries[tid]),
+                    run.run_id,
+                    tid,
+                    run.attempt,
+                    tries[tid],
+                ),
+                what,
             )
         if not tries:
             return
-        await redis.blpop([keys.done(run.run_id)], timeout=tick)  # type: ignore[arg-type,misc]
+        await until_redis(
+            partial(redis.blpop, [keys.done(run.run_id)], timeout=tick),  # type: ignore[arg-type]
+            what,
+        )
         await asyncio.sleep(0)
+
+
+async def _snapshot(run: RunHandle, pending: list[str], tries: dict[str, int]) -> list[Any]:
+    """Committed results and failures, then per task: leased, queued, next try queued.
+
+    One MULTI: an atomic snapshot, so a claim (ZREM + lease, one script) between two probes
+    cannot make a task look lost.
+    """
+    keys = run.engine.keys
+    async with run.engine.redis.pipeline(transaction=True) as pipe:
+        pipe.hmget(keys.steps(run.run_id), [f"task:{t}" for t in pending])
+        pipe.hmget(keys.steps(run.run_id), [f"fail:{t}" for t in pending])
+        for tid in pending:
+            pipe.exists(keys.task_lease(run.run_id, tid))
+            job = task_job_id(run.run_id, tid, run.attempt, tries[tid])
+            nxt = task_job_id(run.run_id, tid, run.attempt, tries[tid] + 1)
+            pipe.zscore(keys.queue, job)
+            pipe.zscore(keys.queue, nxt)
+        replies: list[Any] = await pipe.execute()
+    return replies
 
 
 async def _give_up(run: RunHandle, spec: TaskSpec, tid: str, tries: int) -> str:

@@ -4,14 +4,23 @@ The same pipeline reads each run's signal-list length, so a signal whose doorbel
 still picked up within one period. A refresh that finds the run fenced (another attempt owns
 it) or finished aborts the local execution at once: a worker that was frozen (SIGSTOP, a long
 GC pause, a partition) and comes back stops before it can do anything else.
+
+While Redis is unreachable the loop keeps trying, every fraction of a second, instead of waiting
+out its period (`outage.until_redis`): the moment Redis is back, the lease is renewed. A lease
+that lapsed during the outage is simply set again (the refresh script accepts a missing lease as
+long as the run's attempt is still ours, i.e. nobody took the run over), and the other workers'
+sweepers leave a missing lease alone for a full lease TTL before they call the run lost (see
+`sweeper`), so the owner carries on as the same attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 
 from .context import Engine
+from .outage import until_redis
 
 __all__ = ["keep_leases"]
 
@@ -23,7 +32,7 @@ async def keep_leases(engine: Engine) -> None:
     while True:
         await asyncio.sleep(period)
         try:
-            await refresh_once(engine)
+            await until_redis(partial(refresh_once, engine), "lease refresh")
         except asyncio.CancelledError:
             raise
         except Exception:

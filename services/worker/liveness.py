@@ -6,10 +6,13 @@ the sockets) loses all its connections at once, so the sweeper can tell, from CL
 a lease's holder is gone long before the lease's TTL runs out.
 
 It is only a hint, and a conservative one: a holder counts as gone after it has been missing
-from the list for `grace_s` (a worker reconnecting after a Redis restart is back well within
-that), and the reclaim itself is still fenced on the exact lease value. A frozen worker (SIGSTOP,
-a partition) keeps its connections and is recovered by the lease's TTL as before. Where CLIENT
-LIST is not allowed (some managed Redis), the fast path switches itself off.
+from the list for `grace_s`, and the reclaim itself is still fenced on the exact lease value.
+After a restart of Redis (or a network blip) every connection is new, and live workers are still
+reconnecting when the first sweeper is back: so absence only counts once the asking worker's own
+oldest connection is `settle_s` old, i.e. the list is not read in the first moments after an
+outage. A frozen worker (SIGSTOP, a partition) keeps its connections and is recovered by the
+lease's TTL as before. Where CLIENT LIST is not allowed (some managed Redis), the fast path
+switches itself off.
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ def client_name(worker: str) -> str:
 
 
 class Liveness:
-    def __init__(self, redis: Redis, grace_s: float = 1.0) -> None:
+    def __init__(
+        self, redis: Redis, worker: str, *, grace_s: float = 1.0, settle_s: float = 1.0
+    ) -> None:
         self.redis = redis
+        self.own_name = client_name(worker)
         self.grace_s = grace_s
+        self.settle_s = settle_s
         self.enabled = True
         self._missing_since: dict[str, float] = {}
 
@@ -48,6 +55,10 @@ class Liveness:
         except ResponseError as exc:
             self.enabled = False
             logger.warning("CLIENT LIST refused (%s): crash detection falls back to leases", exc)
+            return set()
+        own_ages = [int(c.get("age", 0)) for c in clients if c.get("name") == self.own_name]
+        if not own_ages or max(own_ages) < self.settle_s:
+            self._missing_since.clear()  # we have just (re)connected: so may everyone else
             return set()
         connected = {
             c["name"][len(CLIENT_PREFIX) :]

@@ -24,6 +24,7 @@ from .context import Engine, worker_name
 from .dispatch import TidingsWorker, listen_doorbell
 from .heartbeat import keep_leases
 from .liveness import client_name
+from .outage import OUTAGE_ERRORS
 from .sweeper import hand_back, sweep
 
 __all__ = ["TEST_WORKFLOWS_ENV", "run_worker", "serve"]
@@ -103,6 +104,8 @@ async def _shutdown(engine: Engine, worker: TidingsWorker, polling: asyncio.Task
             await asyncio.wait_for(hand_back(engine), _HANDBACK_TIMEOUT_S)
         except TimeoutError:
             logger.warning("hand-back timed out; the sweeper will recover the rest")
+        except OUTAGE_ERRORS as exc:
+            logger.warning("hand-back failed (%s); the sweepers will recover the runs", exc)
     for task in worker.tasks.values():
         task.cancel("worker stopping")
     if worker.tasks:

@@ -11,6 +11,11 @@ Errors are sticky: the first failure (`Fenced` when another attempt owns the run
 when it was cancelled under us) is remembered, reported to `on_error` once, and raised by every
 later call, so a zombie stops at its next publish. `commit` drains the queue first, then sends a
 checkpointed publish, so a step's `task_completed` never overtakes the events before it.
+
+Losing Redis is not an error here: a batch (or a commit) that meets a connection error is sent
+again, in order, until Redis answers (`outage.until_redis`); meanwhile `send` keeps queueing up
+to the high-water mark. A resent batch that had landed before the connection dropped is refused
+as DUPLICATE, a resent commit finds its checkpoint set: nothing is written twice.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from shared.bus import Bus, PublishCommand
 from shared.events import Event, EventType
+
+from .outage import until_redis
 
 __all__ = ["Publisher"]
 
@@ -81,7 +89,10 @@ class Publisher:
         """Drain, then publish `cmd` only if the checkpoint `field` was not set (and set it)."""
         await self.drain()
         try:
-            return await self.bus.publish_once(cmd, checkpoint_key, field, value)
+            return await until_redis(
+                lambda: self.bus.publish_once(cmd, checkpoint_key, field, value),
+                f"run {self.run_id} attempt {self.attempt}: commit {field}",
+            )
         except Exception as exc:
             self._fail(exc)
             raise
@@ -100,13 +111,16 @@ class Publisher:
             batch = self._pending[:_BATCH]
             del self._pending[:_BATCH]
             try:
-                results = await self.bus.publish_raw([cmd for cmd, _ in batch])
+                results = await until_redis(
+                    partial(self.bus.publish_raw, [cmd for cmd, _ in batch]),
+                    f"run {self.run_id} attempt {self.attempt}: publish",
+                )
             except asyncio.CancelledError:
                 for _, fut in batch:
                     if fut is not None and not fut.done():
                         fut.cancel()
                 raise
-            except Exception as exc:  # connection trouble: every event of the batch failed
+            except Exception as exc:  # not a reply: every event of the batch failed
                 results = [exc] * len(batch)
             for (cmd, fut), res in zip(batch, results, strict=True):
                 if isinstance(res, Exception):

@@ -10,6 +10,9 @@ Decisions:
   run is to finish, not to wait); `cancel` cancels the workflow's task wherever it awaits, the
   model call included, and the runner turns that into `workflow_cancelled`.
 - `progress` and `emit` do not wait for Redis (see `Publisher`); lifecycle and commits do.
+- A Redis outage is waited out, not failed (`outage.until_redis`): loading, publishing,
+  committing, saving state and reading signals retry until Redis is back, then carry on as the
+  same attempt, or stop if the fence says the run was taken over meanwhile.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared import codec
@@ -27,6 +31,7 @@ from shared.events import LIFECYCLE_STATUS, EventType
 from shared.workflow import Run, Signal, TaskSpec
 
 from .context import EngineViews
+from .outage import until_redis
 from .publisher import Publisher
 from .signals import SignalBox
 from .tokens import stream_tokens
@@ -82,19 +87,25 @@ class RunHandle(EngineViews):
 
         One round trip, signal history included.
         """
-        keys = self.engine.keys
-        async with self.engine.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.run(self.run_id), ["workflow", "input"])
-            pipe.hgetall(keys.steps(self.run_id))
-            pipe.get(keys.state(self.run_id))
-            pipe.lrange(keys.signals(self.run_id), 0, -1)
-            (workflow, input), steps, state, signals = await pipe.execute()
+        (workflow, input), steps, state, signals = await until_redis(
+            self._read_all, f"run {self.run_id} attempt {self.attempt}: load"
+        )
         self.workflow = workflow.decode() if workflow else ""
         self.input = codec.loads(input) if input else None
         self.steps = {k.decode(): v for k, v in steps.items()}
         self._state = codec.loads(state) if state else {}
         self.signals.fold(signals)
         self.signals.on_new = self._on_signals
+
+    async def _read_all(self) -> list[Any]:
+        keys = self.engine.keys
+        async with self.engine.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.run(self.run_id), ["workflow", "input"])
+            pipe.hgetall(keys.steps(self.run_id))
+            pipe.get(keys.state(self.run_id))
+            pipe.lrange(keys.signals(self.run_id), 0, -1)
+            replies: list[Any] = await pipe.execute()
+        return replies
 
     def abort(self, reason: str) -> None:
         """Stop the workflow's task now (from a signal, a lost fence, or a hand-back)."""
@@ -129,8 +140,10 @@ class RunHandle(EngineViews):
 
     async def save_state(self, **updates: Any) -> None:
         self._state.update(updates)
-        outcome = await self.engine.leases.fenced_set(
-            self.run_id, self.attempt, self.engine.keys.state(self.run_id), codec.dumps(self._state)
+        key, value = self.engine.keys.state(self.run_id), codec.dumps(self._state)
+        outcome = await until_redis(
+            partial(self.engine.leases.fenced_set, self.run_id, self.attempt, key, value),
+            f"run {self.run_id} attempt {self.attempt}: save state",
         )
         if outcome != "ok":
             self.abort("fenced" if outcome == "fenced" else "finished")
@@ -225,6 +238,14 @@ class RunHandle(EngineViews):
             return
         await self.publisher.send(EventType.WORKFLOW_PAUSED, "paused", wait=True)
         while self.signals.paused and not self.signals.stop:
+            # A resume and a later pause read together leave no trace in the log (the run
+            # stays paused): this line says which signals a paused run has taken into account.
+            logger.debug(
+                "run %s attempt %d paused, %d signals read",
+                self.run_id,
+                self.attempt,
+                self.signals.read,
+            )
             await self.signals.changed(None)
             self._raise_if_cancelled()
         why = "resumed to stop" if self.signals.paused else "resumed"

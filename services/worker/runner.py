@@ -3,15 +3,19 @@
 The terminal event is the only place a run's outcome is decided: `workflow_completed` (with the
 result in the run hash), `workflow_failed` (error), or `workflow_cancelled`. A run that lost its
 fence (another attempt owns it), was finished under it (cancelled while queued) or was handed
-back on shutdown publishes nothing more: its successor speaks for it. Nor does one that lost
-Redis (beyond the client's retries): an outage is not the workflow's failure, so the run is left
-to its lease and re-executed from its checkpoints once Redis is back.
+back on shutdown publishes nothing more: its successor speaks for it.
+
+A Redis outage is not the workflow's failure either. What the execution needs from Redis waits
+for it to come back (`outage.until_redis`) and the run carries on as the same attempt. Should a
+connection error still reach this level (a workflow's own call to Redis, say), the run is left
+to its lease and re-executed from its checkpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -24,6 +28,7 @@ from shared.jobs import run_job_id
 from shared.workflow import get_workflow
 
 from .context import Engine
+from .outage import until_redis
 from .run import RunHandle, describe_error
 
 __all__ = ["execute_run_job"]
@@ -52,8 +57,9 @@ async def execute_run_job(ctx: dict[str, Any], run_id: str, attempt: int) -> Non
             del engine.runs[run_id]
         handle.publisher.close()
         if handle.abort_reason not in ("fenced", "handback"):
-            lease = engine.keys.lease(run_id)
-            await asyncio.shield(engine.leases.release(lease, engine.leases.run_value(attempt)))
+            lease, value = engine.keys.lease(run_id), engine.leases.run_value(attempt)
+            release = partial(engine.leases.release, lease, value)
+            await asyncio.shield(until_redis(release, f"run {run_id}: release the lease"))
 
 
 async def _drive(handle: RunHandle) -> None:

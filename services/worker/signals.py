@@ -8,7 +8,8 @@ re-executed after a crash is paused if it was paused, still stops, and replays i
 order (the replies are checkpointed steps, so nothing is answered twice).
 
 Reads are triggered by the doorbell (`signal <run id>` on the wake channel) and, as a fallback
-for a missed pub/sub message, by the worker's lease loop, which sees the list's length.
+for a missed pub/sub message, by the worker's lease loop, which sees the list's length. A read
+that meets a Redis outage waits for Redis to come back (`outage.until_redis`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from functools import partial
 
 from redis.asyncio import Redis
 
 from shared.keys import Keys
 from shared.signals import SignalFold, decode_signal
 from shared.workflow import Signal
+
+from .outage import until_redis
 
 __all__ = ["SignalBox"]
 
@@ -57,7 +61,10 @@ class SignalBox:
         """Fold in whatever arrived since the last read; returns the new signals."""
         async with self._lock:
             start = self.read
-            raw: list[bytes] = await self.redis.lrange(self.key, start, -1)  # type: ignore[misc]
+            raw: list[bytes] = await until_redis(
+                partial(self.redis.lrange, self.key, start, -1),  # type: ignore[arg-type]
+                f"signals of {self.key}",
+            )
             return self.fold(raw, start)
 
     def fold(self, raw: list[bytes], start: int = 0) -> list[Signal]:

@@ -6,7 +6,9 @@ The outcome is committed with `Bus.publish_once` on `task:<id>` (result) or `fai
 error), so when two executions race (a worker presumed lost comes back) exactly one
 `task_completed` is published. A failure with tries left publishes `task_retrying` and enqueues
 the next try with a short back-off before the lease is released, so the waiting run never sees
-the task as lost. Every event is fenced by the run attempt the job was enqueued for.
+the task as lost. Every event is fenced by the run attempt the job was enqueued for. A Redis
+outage is waited out as a run's is (`outage.until_redis`), and the lease loop renews the task's
+lease the moment Redis is back.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from shared.jobs import TASK_JOB, task_job_id
 from shared.workflow import TaskContext, get_activity
 
 from .context import EngineViews
+from .outage import until_redis
 from .publisher import Publisher
 from .run import (
     completed_message,
@@ -224,10 +227,14 @@ async def execute_task_job(
 
 async def _release(engine: Engine, execution: TaskExecution) -> None:
     value = engine.leases.task_value(execution.attempt, execution.try_)
-    async with engine.redis.pipeline(transaction=False) as pipe:
-        await engine.leases.release(execution.lease_key, value, client=pipe)
-        pipe.rpush(engine.keys.done(execution.run_id), execution.task_id)
-        await pipe.execute()
+
+    async def release() -> None:
+        async with engine.redis.pipeline(transaction=False) as pipe:
+            await engine.leases.release(execution.lease_key, value, client=pipe)
+            pipe.rpush(engine.keys.done(execution.run_id), execution.task_id)
+            await pipe.execute()
+
+    await until_redis(release, f"task {execution.run_id}/{execution.task_id}: release")
 
 
 def _conforms(execution: TaskExecution) -> TaskContext:
