@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,17 @@ import pytest
 
 from tests.test_api_helpers import Stack, running_stack
 
-__all__ = ["SHOTS", "Pages", "browser", "open_page", "pages", "shot", "stack", "wait_for"]
+__all__ = [
+    "SHOTS",
+    "Pages",
+    "browser",
+    "open_page",
+    "pages",
+    "shot",
+    "stack",
+    "wait_for",
+    "watched_pages",
+]
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -64,7 +75,13 @@ class Pages:
         self.allowed: list[str] = []  # console errors a test provokes on purpose
         self._contexts: list[Any] = []
 
-    async def open(self, route: str = "/", viewport: dict[str, int] | None = None) -> Page:
+    async def open(
+        self,
+        route: str = "/",
+        viewport: dict[str, int] | None = None,
+        before: Callable[[Page], Awaitable[None]] | None = None,
+    ) -> Page:
+        """A page in a new context at `route`, booted; `before` sees it before it loads."""
         context = await self.browser.new_context(viewport=viewport or DESKTOP)
         self._contexts.append(context)
         page = await context.new_page()
@@ -81,6 +98,8 @@ class Pages:
             await dialog.dismiss()
 
         page.on("dialog", on_dialog)
+        if before is not None:
+            await before(page)
         await page.goto(self.stack.url + route)
         await page.wait_for_selector("#app-ready", state="attached")
         return page
@@ -90,14 +109,21 @@ class Pages:
             await context.close()
 
 
-@pytest.fixture
-async def pages(browser: Browser, stack: Stack) -> AsyncIterator[Pages]:
+@asynccontextmanager
+async def watched_pages(browser: Browser, stack: Stack) -> AsyncIterator[Pages]:
+    """Pages on `stack`, checked when the block ends: no dialog, no error but those allowed."""
     opened = Pages(browser, stack)
     yield opened
     await opened.close()
     assert opened.dialogs == [], opened.dialogs
     problems = [p for p in opened.problems if not any(a in p for a in opened.allowed)]
     assert problems == [], problems
+
+
+@pytest.fixture
+async def pages(browser: Browser, stack: Stack) -> AsyncIterator[Pages]:
+    async with watched_pages(browser, stack) as opened:
+        yield opened
 
 
 async def open_page(pages: Pages, route: str = "/", phone: bool = False) -> Page:

@@ -1,5 +1,11 @@
 // JSON over fetch, with the gateway's error shape {"error": {"code", "message"}} turned into Error.
 // Live data never comes from here: event streams are live.js's alone.
+//
+// Credentials: the browser sends the session cookie by itself (HttpOnly: this page never sees
+// it). A 401 means the session is gone: it is thrown as usual and reported to the one handler
+// set with onUnauthorized, unless the call says a 401 is an answer (`auth: false`, signing in).
+// In a shared view the share token goes to the shared run's record only (live.js sends it with
+// that run's stream); no other route ever gets it.
 export class ApiError extends Error {
   constructor(status, code, message, details) {
     super(message);
@@ -9,7 +15,17 @@ export class ApiError extends Error {
   }
 }
 
-export async function api(path, { method = "GET", body } = {}) {
+let unauthorized = null;
+export function onUnauthorized(fn) {
+  unauthorized = fn;
+}
+
+let share = null; // {runId, token} in a shared view
+export function useShareToken(runId, token) {
+  share = { runId, token };
+}
+
+export async function api(path, { method = "GET", body, auth = true } = {}) {
   const init = { method, headers: { Accept: "application/json" } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -30,14 +46,17 @@ export async function api(path, { method = "GET", body } = {}) {
   }
   if (!res.ok) {
     const err = (data && data.error) || {};
-    throw new ApiError(res.status, err.code || "error", err.message || res.statusText, err.details);
+    const error = new ApiError(res.status, err.code || "error", err.message || res.statusText, err.details);
+    if (res.status === 401 && auth && unauthorized) unauthorized(error);
+    throw error;
   }
   return data;
 }
 
 const enc = encodeURIComponent;
 
-export const getRun = (id) => api(`/api/runs/${enc(id)}`);
+export const getRun = (id) =>
+  api(`/api/runs/${enc(id)}${share && share.runId === id ? `?token=${enc(share.token)}` : ""}`);
 export const getState = (id) => api(`/api/runs/${enc(id)}/state`);
 export const startRun = (workflow, input) => api("/api/runs", { method: "POST", body: { workflow, input } });
 export const signal = (id, name, payload = {}) =>
@@ -73,3 +92,9 @@ export async function allEvents(id, maxPages = 30) {
   }
   return { events: out, complete: false };
 }
+
+// Signing in and out: a 401 here is an answer (a wrong token), not a session that ended.
+export const getSession = () => api("/api/session", { auth: false });
+export const signIn = (token) => api("/api/session", { method: "POST", body: { token }, auth: false });
+export const signOut = () => api("/api/session", { method: "DELETE", auth: false });
+export const shareRun = (id) => api(`/api/runs/${enc(id)}/share`, { method: "POST", body: {} });

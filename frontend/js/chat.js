@@ -6,6 +6,7 @@ import { api, getRun, signal, startRun } from "./api.js";
 import { $, h, linkified } from "./dom.js";
 import { shortId } from "./format.js";
 import { followRun } from "./live.js";
+import { lockIfReadOnly } from "./session.js";
 
 const KEY = "tidings.chat";
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
@@ -175,6 +176,9 @@ async function send(text) {
 
 export function initChat() {
   const input = $("chat-input");
+  // A viewer reads conversations and sends nothing (each message is a signal, a control).
+  for (const el of [input, $("chat-form").querySelector("button[type=submit]"), $("chat-reset")]) lockIfReadOnly(el);
+  if (input.disabled) input.placeholder = "Read-only: a viewer cannot send messages";
   $("chat-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const text = input.value.trim();

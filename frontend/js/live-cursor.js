@@ -22,7 +22,7 @@ export const SNAPSHOT_SIZE = 50;
 
 // Bumped when the messages between tabs and the hub change, so a tab loaded from a newer
 // dashboard never talks to an older SharedWorker still serving other tabs.
-export const PROTOCOL = 1;
+export const PROTOCOL = 2;
 
 // A position in one run's log: the last event taken (its stream id and its seq). seq is gapless
 // from 1 within a run, so "have I seen it" is one comparison, whatever path the event came by.

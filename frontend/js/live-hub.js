@@ -7,7 +7,8 @@
 //               {op: "follow", sub, run, cursor}        follow a run from after `cursor` ({id, seq})
 //               {op: "follow-runs", sub}                follow the run list
 //               {op: "unfollow", sub} · {op: "bye"}     stop one follower · all of this tab's (pagehide)
-//   hub -> tab  {op: "state", state, sub?}              connection state (for one follower or all)
+//   hub -> tab  {op: "state", state, sub?}              connection state (for one follower or all;
+//                                                       "unauthorized": refused, see below)
 //               {op: "event", sub, event} · {op: "resync", sub, data} · {op: "missing", sub}
 //               {op: "snapshot", sub, data} · {op: "summary", sub, data}
 //
@@ -26,8 +27,13 @@
 //   where Web Locks are missing); a page restored from the bfcache follows again.
 // - On an error the hub closes the EventSource itself and reopens after a backoff with every run's
 //   cursor (EventSource's own retry would send one run's Last-Event-ID only).
+// - Unless the error was a refusal (a session that ended, a share token that expired; one request
+//   tells): then it says "unauthorized" and stops, rather than knock again every few seconds. A
+//   follower that comes (a tab signed in again) starts it over.
+// - A hub made with a share token ({token}, a shared view's own hub) sends it with its requests;
+//   the shared hubs never carry one.
 import { Cursor, RUN_ID, SNAPSHOT_SIZE, TERMINAL } from "./live-cursor.js";
-import { pollSource, streamSource } from "./live-sources.js";
+import { pollSource, refused, streamSource } from "./live-sources.js";
 
 const DEBOUNCE_MS = 50;
 // Runs per connection: the gateway's TIDINGS_STREAM_MAX_RUNS default. Past it (a browser
@@ -66,8 +72,9 @@ class Run {
 }
 
 export class Hub {
-  constructor({ onDrop = () => {} } = {}) {
+  constructor({ onDrop = () => {}, token = null } = {}) {
     this.onDrop = onDrop; // a port was dropped: its owner may close it
+    this.token = token; // a share token: this hub serves a shared view
     this.ports = new Map(); // port -> {subs: Map(sub id -> sub)}
     this.runs = new Map(); // run id -> Run
     this.feed = new Set(); // subs following the run list
@@ -114,6 +121,7 @@ export class Hub {
   follow(port, id, runId, cursor) {
     this.unfollow(port, id); // a tab re-following (new leader, page restored) replaces its follower
     if (!RUN_ID.test(runId)) return port.postMessage({ op: "missing", sub: id }); // would fail the whole stream
+    this.retry();
     const sub = { port, id, run: runId, cursor };
     let run = this.runs.get(runId);
     const cached = run && run.serves(cursor) ? run.cache : [];
@@ -128,6 +136,7 @@ export class Hub {
 
   followRuns(port, id) {
     this.unfollow(port, id);
+    this.retry();
     const sub = { port, id, run: null };
     this.feed.add(sub);
     this.entry(port).subs.set(id, sub);
@@ -170,6 +179,11 @@ export class Hub {
     sub.port.postMessage({ op: "event", sub: sub.id, event });
   }
 
+  // Refused earlier: a new follower is worth one more try (its tab may have signed in again).
+  retry() {
+    if (this.state === "unauthorized") this.setState("connecting");
+  }
+
   setState(state) {
     if (state === this.state) return;
     this.state = state;
@@ -185,6 +199,7 @@ export class Hub {
   apply() {
     clearTimeout(this.timer);
     this.timer = null;
+    if (this.state === "unauthorized") return; // until a follower asks again (retry)
     const runs = [...this.runs].filter(([, run]) => !run.done);
     const feed = this.feed.size > 0;
     if (this.source && !this.changed(runs, feed)) return;
@@ -209,7 +224,7 @@ export class Hub {
     const plans = [];
     for (let i = 0; i === 0 || i < runs.length; i += RUNS_PER_STREAM) {
       const part = runs.slice(i, i + RUNS_PER_STREAM).map(([id, run]) => [id, run.cursor]);
-      plans.push({ runs: part, feed: feed && i === 0 });
+      plans.push({ runs: part, feed: feed && i === 0, token: this.token });
     }
     const sources = plans.map((plan) => this.open(plan, sink));
     this.source = { close: () => sources.forEach((source) => source.close()) };
@@ -237,12 +252,19 @@ export class Hub {
   onError() {
     // A stream whose runs all ended, without the feed, is over: the server closed it.
     const over = !this.carried.feed && this.carried.runs.size === 0;
+    const probe = { token: this.token, run: this.carried.runs.values().next().value };
     this.close();
     if (over) return this.apply();
     this.setState("reconnecting");
     clearTimeout(this.timer);
-    const delay = BACKOFF_MS[Math.min(this.failures++, BACKOFF_MS.length - 1)];
-    this.timer = setTimeout(() => this.apply(), delay);
+    this.timer = null;
+    const generation = this.generation;
+    refused(probe).then((no) => {
+      if (generation !== this.generation || this.timer) return; // reopened or scheduled meanwhile
+      if (no) return this.setState("unauthorized");
+      const delay = BACKOFF_MS[Math.min(this.failures++, BACKOFF_MS.length - 1)];
+      this.timer = setTimeout(() => this.apply(), delay);
+    });
   }
 
   onEvent(runId, event) {

@@ -12,7 +12,9 @@
 //   onSnapshot({runs: [summary, ...]}) first, newest first (and again if the transport had to
 //   start over); then onSummary(summary) for every lifecycle change of any run, including the
 //   changes a reconnect catches up on.
-// - onState(state): "connecting" | "open" | "reconnecting" | "polling" | "closed".
+// - onState(state): "connecting" | "open" | "reconnecting" | "polling" | "closed" |
+//   "unauthorized" (the gateway refused the stream: the session ended, or the share token
+//   expired; nothing more comes until this page follows again after signing in).
 // - close() stops the callbacks; it does not call onState.
 //
 // Transport: the whole browser shares ONE event-stream connection (GET /api/streams carrying
@@ -22,6 +24,9 @@
 //   (live-leader.js); another tab takes over when it closes;
 // - without Web Locks either (plain http on a non-local host), in this tab: one connection per tab.
 // The hub polls the JSON page API instead where EventSource is missing ("polling").
+// A shared view (useShareToken) always has a hub of its own in its tab, which sends the share
+// token: the browser-wide connection carries the signed-in session's runs and feed, and a share
+// token may read one run only.
 // Requests (start, signals, pages) are plain fetch and never queue behind streams.
 import { Cursor, EVENT_TYPES, PROTOCOL, TERMINAL } from "./live-cursor.js";
 import { Hub } from "./live-hub.js";
@@ -35,6 +40,12 @@ const followers = new Map(); // sub id -> follower
 let nextSub = 1;
 let link = null; // {mode, post(msg)}, opened by the first follower
 let held = null; // resolves to the lock this tab holds while it lives (null without Web Locks)
+let shareToken = null; // a shared view's token: kept in memory only
+
+// Before the first follow: this page is a shared view, its streams carry `token`.
+export function useShareToken(token) {
+  shareToken = token;
+}
 
 export function followRun(runId, { onEvent, onResync = () => {}, onState = () => {} }) {
   return follow({ run: runId, cursor: new Cursor(), onEvent, onResync, onState });
@@ -121,7 +132,8 @@ function send(msg) {
 
 function open() {
   held = holdTabLock();
-  if (typeof SharedWorker === "function") link = workerLink();
+  if (shareToken) link = tabLink({ token: shareToken });
+  else if (typeof SharedWorker === "function") link = workerLink();
   else if (globalThis.navigator?.locks && typeof BroadcastChannel === "function") link = leaderLink(tab, receive);
   else link = tabLink();
   hello();
@@ -150,8 +162,8 @@ function workerLink() {
   return { mode: "shared-worker", post: (msg) => worker.port.postMessage(msg) };
 }
 
-function tabLink() {
-  const hub = new Hub();
+function tabLink(options) {
+  const hub = new Hub(options);
   const { port1, port2 } = new MessageChannel();
   port1.onmessage = (msg) => hub.receive(port1, msg.data);
   port2.onmessage = (msg) => receive(msg.data);

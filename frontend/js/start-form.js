@@ -3,6 +3,7 @@
 import { startRun, workflows } from "./api.js";
 import { $, h, setText } from "./dom.js";
 import { schemaForm } from "./schema-form.js";
+import { lockIfReadOnly } from "./session.js";
 
 export const EXAMPLES = {
   research: { topic: "AI in healthcare", breadth: 3, depth: 1 },
@@ -39,6 +40,8 @@ export function initStartForm({ onStarted }) {
     render();
   });
   $("wf-example").addEventListener("click", render);
+  const submit = $("start-form").querySelector("button[type=submit]");
+  if (lockIfReadOnly(submit)) $("start-readonly").hidden = false;
   $("start-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     setText($("start-error"), "");
@@ -60,6 +63,7 @@ export function initStartForm({ onStarted }) {
       setText($("start-error"), [err.message, ...general].join(" · "));
     } finally {
       button.disabled = false;
+      lockIfReadOnly(button);
     }
   });
 }

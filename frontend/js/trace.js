@@ -2,7 +2,9 @@
 // progress bar (and an endless run's current iteration), the current task, seed 003's stats line,
 // controls enabled only when their signal is possible, the result, and the Events / Tasks /
 // Timeline / Input panels. Events arrive through live.js and are folded by trace-model.js; the
-// page repaints at most once a frame.
+// page repaints at most once a frame. A viewer sees the controls disabled (read-only); Share
+// makes a read-only link to the run. In a shared view (shared.js) the controls are gone and the
+// record is read with the share token (api.js).
 import { getRun, signal } from "./api.js";
 import { $, setText } from "./dom.js";
 import { createLog } from "./event-log.js";
@@ -10,6 +12,8 @@ import { noteRun } from "./feed.js";
 import { dateTime, duration, num, shortId, span } from "./format.js";
 import { followRun } from "./live.js";
 import { renderInput, renderResult, resultTitle } from "./result-view.js";
+import { canShare, READ_ONLY, readOnly } from "./session.js";
+import { initShare, openShare } from "./share.js";
 import { tablist } from "./tabs.js";
 import { createTaskView } from "./task-view.js";
 import { createTimeline } from "./timeline.js";
@@ -23,6 +27,7 @@ let lastSlow = 0;
 let shownResult = null;
 let shownStatus = "";
 let announce = () => {};
+let onLiveState = () => {};
 let log;
 let tasks;
 let timeline;
@@ -30,6 +35,7 @@ let sub;
 
 export function initTrace(opts) {
   announce = opts.announce;
+  onLiveState = opts.onLiveState || onLiveState;
   log = createLog({
     viewport: $("log-viewport"), spacer: $("log-spacer"), list: $("t-events"), latest: $("log-latest"), detail: $("log-detail"),
     onOpenTask: openTask, taskText: (key) => model?.tasks.get(key)?.text || "",
@@ -45,6 +51,11 @@ export function initTrace(opts) {
   const saved = sessionStorage.getItem("tidings.subtab");
   if (saved) sub.select(saved);
   for (const btn of document.querySelectorAll("[data-signal]")) btn.addEventListener("click", () => send(btn.dataset.signal, btn));
+  $("t-share").hidden = !canShare();
+  if (canShare()) {
+    initShare();
+    $("t-share").addEventListener("click", (ev) => model && openShare(model.runId, ev.currentTarget));
+  }
   $("t-clear").addEventListener("click", () => log.clear());
   const filter = () => log.setFilter({ kind: $("log-kind").value, text: $("log-filter").value });
   $("log-kind").addEventListener("change", filter);
@@ -108,7 +119,8 @@ export function showRun(id) {
       schedule();
     },
     onState(state) {
-      setText($("t-live"), { open: "live", connecting: "connecting…", reconnecting: "reconnecting…", polling: "live (polling)", closed: isTerminal(m) ? "" : "disconnected" }[state] ?? state);
+      setText($("t-live"), { open: "live", connecting: "connecting…", reconnecting: "reconnecting…", polling: "live (polling)", closed: isTerminal(m) ? "" : "disconnected", unauthorized: "not live: access refused" }[state] ?? state);
+      onLiveState(state);
     },
   });
   fetchRecord(m);
@@ -130,6 +142,7 @@ async function fetchRecord(m) {
       setText($("t-progress-label"), `No run with id ${m.runId}.`);
       return;
     }
+    if (err.status === 401 || err.status === 403) return; // refused: asking again changes nothing
   }
   schedule();
   if (m === model && !isTerminal(m)) recordTimer = setTimeout(() => fetchRecord(m), 5000);
@@ -161,8 +174,8 @@ function render() {
     if (!$("sp-tasks").hidden) tasks.render();
     if (!$("sp-timeline").hidden) timeline.render();
     if (!$("sp-input").hidden && !$("t-input").childElementCount && m.input) $("t-input").replaceChildren(...renderInput(m));
-  } else if (!$("sp-tasks").hidden || !$("sp-timeline").hidden) {
-    setTimeout(() => schedule(), 420);
+  } else if (!$("sp-tasks").hidden || !$("sp-timeline").hidden || (!$("sp-input").hidden && !$("t-input").childElementCount)) {
+    setTimeout(() => schedule(), 420); // a slow panel left out of this frame: its turn comes
   }
   if (m.result !== shownResult?.result || m.error !== shownResult?.error) {
     shownResult = { result: m.result, error: m.error };
@@ -266,6 +279,10 @@ function controls(m) {
     stop: active && !m.stopAsked && !m.cancelAsked,
     cancel: active && !m.cancelAsked,
   };
-  for (const btn of document.querySelectorAll("[data-signal]")) btn.disabled = !can[btn.dataset.signal];
+  const locked = readOnly();
+  for (const btn of document.querySelectorAll("[data-signal]")) {
+    btn.disabled = locked || !can[btn.dataset.signal];
+    if (locked) btn.title = READ_ONLY;
+  }
   setText(document.querySelector("[data-signal=stop]"), m.stopAsked && active ? "Stopping…" : "Stop");
 }
