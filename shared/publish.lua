@@ -3,13 +3,19 @@
 --
 -- Per event: gapless seq, monotonic progress, XADD to the log, PUBLISH on the run's channel, and a
 -- lifecycle summary when the status or the whole-percent progress changes. Once per batch: the
--- fence check, the optional checkpoint (HSETNX), one HSET of the run record.
+-- fence check, the optional checkpoint (HSETNX), one HSET of the run record. When the batch ends
+-- the run and a retention is given: every key of the run gets it as TTL (PEXPIRE LT: a lease
+-- keeps its shorter one), the run enters the expiring index, and up to ARGV[11] runs whose keys
+-- are due are dropped from the history index.
 --
 -- KEYS[1] run hash   KEYS[2] event stream   KEYS[3] active-runs zset   KEYS[4] checkpoint hash
+-- KEYS[5] expiring zset   KEYS[6] history zset   KEYS[7..] the run's other keys (state, signals,
+-- …), passed when the batch may end the run
 -- ARGV[1] fence attempt ('' = no check)     ARGV[2] log MAXLEN (approximate)
 -- ARGV[3] run channel     ARGV[4] lifecycle channel     ARGV[5] now (ISO 8601)
 -- ARGV[6] batch uid (a retried batch is refused as DUPLICATE instead of written twice)
 -- ARGV[7] run id          ARGV[8] checkpoint field ('' = none)     ARGV[9] checkpoint value
+-- ARGV[10] retention ms ('0' = keep forever)     ARGV[11] most history entries dropped per call
 -- then per event, 6 + 2n values: body (JSON object without id/seq/progress), progress ('' = keep),
 -- status ('' = keep), message ('' = keep), task ('' = keep), n, then n run-hash field/value pairs.
 --
@@ -44,7 +50,8 @@ local message, started, finished = h[7] or '', h[9], h[10]
 local fields = {}
 local out = {}
 local last_id = nil
-local i = 10
+local ended_now = false
+local i = 12
 while i <= #ARGV do
   local body, asked, new_status = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local msg, task, n = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
@@ -75,6 +82,7 @@ while i <= #ARGV do
       if status == 'running' and not started then started = ARGV[5] end
       if ended(status) then
         finished = ARGV[5]
+        ended_now = true
         redis.call('ZREM', KEYS[3], ARGV[7])
       end
     end
@@ -96,5 +104,22 @@ if last_id then
     hset[#hset + 1] = k; hset[#hset + 1] = v
   end
   redis.call('HSET', KEYS[1], unpack(hset))
+end
+
+local retention = tonumber(ARGV[10]) or 0
+if ended_now and retention > 0 then
+  for k = 1, #KEYS do
+    if k ~= 3 and k ~= 5 and k ~= 6 then
+      redis.call('PEXPIRE', KEYS[k], retention, 'LT')
+    end
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[5], now + retention, ARGV[7])
+  local due = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, tonumber(ARGV[11]))
+  if #due > 0 then
+    redis.call('ZREM', KEYS[6], unpack(due))
+    redis.call('ZREM', KEYS[5], unpack(due))
+  end
 end
 return out

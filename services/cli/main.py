@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shared.settings import Settings
+from shared.settings import Settings, parse_duration
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from .local import gateway_url, with_redis_url
@@ -26,6 +26,13 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError('expected a JSON object, like \'{"topic": "tides"}\'')
     return value
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _INSECURE_HELP = (
@@ -104,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes for all)")
     bench.add_argument("--only", action="append", metavar="NAME", help="run only these")
     bench.add_argument("--json", metavar="PATH", help="also write results as JSON")
+
+    prune = sub.add_parser("prune", help="remove finished runs older than the retention, now")
+    prune.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="finished at least this long ago: seconds, or 7d, 12h, 30m (default "
+        "TIDINGS_RETENTION)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    prune.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sub.add_parser("env", help="list the settings and their environment variables")
     return parser
@@ -244,6 +262,14 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return run_benchmarks(quick=args.quick, only=args.only, json_path=args.json)
 
 
+def _prune(args: argparse.Namespace, settings: Settings) -> int:
+    from .prune import prune_command
+
+    return prune_command(
+        settings, older_than_s=args.older_than, dry_run=args.dry_run, as_json=args.json
+    )
+
+
 def _env(args: argparse.Namespace, settings: Settings) -> int:
     from .tables import print_env
 
@@ -261,5 +287,6 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "share": _share,
     "ls": _ls,
     "bench": _bench,
+    "prune": _prune,
     "env": _env,
 }

@@ -116,7 +116,9 @@ class Supervisor:
             raise CliError(f"another `tidings up` is already using {data.resolve()}") from None
         url_file = redis_url_file(self.settings)
         port = _previous_port(url_file)
-        self.valkey = EmbeddedValkey(data / "valkey", port=port, persistent=True)
+        self.valkey = EmbeddedValkey(
+            data / "valkey", port=port, persistent=True, maxmemory=self.settings.valkey_maxmemory
+        )
         try:
             self.valkey.start(timeout=30)
         except RuntimeError as exc:

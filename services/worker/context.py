@@ -58,7 +58,13 @@ class Engine:
     @classmethod
     def build(cls, settings: Settings, redis: Redis, name: str | None = None) -> Engine:
         keys = Keys(settings.namespace)
-        bus = Bus(redis, keys, maxlen=settings.events_maxlen)
+        bus = Bus(
+            redis,
+            keys,
+            maxlen=settings.events_maxlen,
+            retention_ms=settings.retention * 1000,
+            storage_wait_s=settings.storage_full_wait_s,
+        )
         name = name or worker_name()
         return cls(
             settings=settings,

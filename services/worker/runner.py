@@ -9,6 +9,11 @@ A Redis outage is not the workflow's failure either. What the execution needs fr
 for it to come back (`outage.until_redis`) and the run carries on as the same attempt. Should a
 connection error still reach this level (a workflow's own call to Redis, say), the run is left
 to its lease and re-executed from its checkpoints.
+
+Redis at its memory cap is different: it answers, and refuses every write. A publish is retried
+for `TIDINGS_STORAGE_FULL_WAIT_S` (`Bus`); past that the run fails ("storage full"). Its
+terminal event, whichever it is, is then written past the cap (one event and the record): a run
+that could not end would hold its keys forever, while an ended one expires with the retention.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from functools import partial
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import codec
-from shared.errors import Fenced, NotFound, RunFinished
+from shared.errors import Fenced, NotFound, RunFinished, StorageFull
 from shared.events import EventType
 from shared.jobs import run_job_id
 from shared.workflow import get_workflow
@@ -39,6 +45,8 @@ logger = logging.getLogger(__name__)
 _QUIET = (Fenced, RunFinished, NotFound)
 # What the workflow's body may raise that still means "not ours any more" rather than "failed".
 _GONE = (Fenced, RunFinished)
+_FULL = (StorageFull, RedisOutOfMemoryError)
+_FULL_MESSAGE = "storage full: Redis is at its memory cap (maxmemory) and refused the run's writes"
 
 
 async def execute_run_job(ctx: dict[str, Any], run_id: str, attempt: int) -> None:
@@ -76,6 +84,10 @@ async def _drive(handle: RunHandle) -> None:
     except _QUIET as exc:
         logger.info("run %s attempt %d not started: %s", handle.run_id, handle.attempt, exc)
         return
+    except StorageFull:
+        fields = {"error": _FULL_MESSAGE}
+        await _terminal(handle, EventType.WORKFLOW_FAILED, _FULL_MESSAGE, fields=fields)
+        return
     if handle.signals.cancel:
         await _terminal(handle, EventType.WORKFLOW_CANCELLED, "cancelled")
         return
@@ -102,7 +114,7 @@ async def _drive(handle: RunHandle) -> None:
         if handle.abort_reason is not None:
             return
         logger.info("run %s failed", handle.run_id, exc_info=True)
-        error = describe_error(exc)
+        error = _FULL_MESSAGE if isinstance(exc, _FULL) else describe_error(exc)
         await _terminal(handle, EventType.WORKFLOW_FAILED, error, fields={"error": error})
         return
     value = codec.dumps(result)
@@ -124,6 +136,12 @@ async def _body(handle: RunHandle) -> Any:
 
 async def _terminal(handle: RunHandle, type: EventType, message: str, **kwargs: Any) -> None:
     try:
-        await handle.publisher.send(type, message, wait=True, **kwargs)
+        try:
+            await handle.publisher.send(type, message, wait=True, **kwargs)
+        except StorageFull:
+            logger.warning("run %s: storage full; %s written past the cap", handle.run_id, type)
+            await handle.engine.bus.publish(
+                handle.run_id, type, message, attempt=handle.attempt, allow_oom=True, **kwargs
+            )
     except _QUIET as exc:
         logger.info("run %s: %s not published: %s", handle.run_id, type.value, exc)

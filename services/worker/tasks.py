@@ -231,7 +231,9 @@ async def _release(engine: Engine, execution: TaskExecution) -> None:
     async def release() -> None:
         async with engine.redis.pipeline(transaction=False) as pipe:
             await engine.leases.release(execution.lease_key, value, client=pipe)
-            pipe.rpush(engine.keys.done(execution.run_id), execution.task_id)
+            # The run may have ended meanwhile: its doorbell list then expires with it.
+            done = engine.keys.done(execution.run_id)
+            await engine.bus.append(execution.run_id, done, execution.task_id, client=pipe)
             await pipe.execute()
 
     await until_redis(release, f"task {execution.run_id}/{execution.task_id}: release")

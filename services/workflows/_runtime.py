@@ -67,6 +67,9 @@ async def control_for(handle: object) -> AsyncIterator[Control]:
     redis = connect(settings.redis_url)
     try:
         keys = Keys(settings.namespace)
-        yield Control(redis, keys, Bus(redis, keys, maxlen=settings.events_maxlen), settings)
+        bus = Bus(
+            redis, keys, maxlen=settings.events_maxlen, retention_ms=settings.retention * 1000
+        )
+        yield Control(redis, keys, bus, settings)
     finally:
         await redis.aclose()
