@@ -61,6 +61,7 @@ return 1
 _TRIM_PER_CALL = 100
 
 logger = logging.getLogger(__name__)
+_READ_PAGE = resources.files(__package__).joinpath("read_page.lua").read_text()
 
 Outcome = bytes | None | Exception  # a script reply for one event, None = not written (checkpoint)
 
@@ -127,6 +128,7 @@ class Bus:
         keys: Keys,
         *,
         maxlen: int = 10_000,
+        max_event_bytes: int = 262_144,
         retention_ms: int = 0,
         storage_wait_s: float = 0.0,
     ) -> None:
@@ -138,6 +140,8 @@ class Bus:
         self._script = redis.register_script(_SCRIPT)
         self._script_past_cap = redis.register_script(_SCRIPT_PAST_CAP)
         self._append = redis.register_script(_APPEND)
+        self._read_page = redis.register_script(_READ_PAGE)
+        self.max_event_bytes = max_event_bytes
 
     def command(
         self,
@@ -164,8 +168,11 @@ class Bus:
             "attempt": attempt or 0,
         }
         status = LIFECYCLE_STATUS.get(type)
+        encoded = to_json(event)
+        if len(encoded) > self.max_event_bytes:
+            encoded = self._shrink(event, len(encoded))
         args: list[Any] = [
-            to_json(event),
+            encoded,
             "" if progress is None else repr(float(progress)),
             status.value if status else "",
             message if type is not EventType.TOKEN else "",
@@ -175,6 +182,16 @@ class Bus:
         for key, value in (fields or {}).items():
             args += [key, value]
         return PublishCommand(run_id, attempt, event, args, os.urandom(8).hex())
+
+    def _shrink(self, event: dict[str, Any], size: int) -> bytes:
+        """An event over `max_event_bytes`, its `data` replaced by a marker saying so (and its
+        message cut short): the log stays bounded; the run's result and error, written as
+        run-hash fields, are kept whole."""
+        data = event.get("data")
+        keys = sorted(data)[:50] if isinstance(data, dict) else []
+        marker = {"truncated": True, "bytes": size, "limit": self.max_event_bytes, "keys": keys}
+        event = {**event, "data": marker, "message": str(event.get("message", ""))[:2_000]}
+        return to_json(event)
 
     async def publish(
         self,
@@ -335,26 +352,27 @@ class Bus:
         return [(parse_cursor(eid), splice_id(eid, fields[b"e"])) for eid, fields in raw]
 
     async def read_page(
-        self, run_id: str, after: StreamId = (0, 0), count: int = 500
+        self,
+        run_id: str,
+        after: StreamId = (0, 0),
+        count: int = 500,
+        max_bytes: int = 1 << 20,
     ) -> tuple[list[tuple[StreamId, bytes]], LogInfo]:
         """`read` and `log_info` from one snapshot (a MULTI): trimming cannot slip between the
         read and the gap check, so `info.has_gap_after(after)` is true exactly when the page
         does not follow on from `after`. The info also carries the run record's status and last
         event id from that snapshot, so a replay knows whether the run is over without another
-        round trip."""
-        key = self.keys.events(run_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            start, end = xrange_after(after)
-            pipe.xrange(key, min=start, max=end, count=count)
-            pipe.execute_command("XINFO", "STREAM", key)
-            pipe.hmget(self.keys.run(run_id), ["status", "last_event_id"])
-            raw, info, record = await pipe.execute(raise_on_error=False)
-        for reply in (raw, record):
-            if isinstance(reply, Exception):
-                raise reply
-        page = [(parse_cursor(eid), splice_id(eid, fields[b"e"])) for eid, fields in raw]
-        # XINFO fails on a key that does not exist yet: nothing logged, nothing trimmed.
-        log = LogInfo(0, None, None, 0) if isinstance(info, Exception) else _log_info(info)
+        round trip.
+
+        The page holds at most `count` entries and stops before the entry that would take it
+        past `max_bytes` of payload (it always holds the first): a log of large events is read
+        in more, smaller pages, so a replay's memory is bounded whatever the events' size."""
+        start, end = xrange_after(after)
+        keys = [self.keys.events(run_id), self.keys.run(run_id)]
+        raw, info, record = await self._read_page(keys=keys, args=[start, end, count, max_bytes])
+        page = [(parse_cursor(eid), splice_id(eid, _field(fields, b"e"))) for eid, fields in raw]
+        # No stream yet: nothing logged, nothing trimmed.
+        log = _log_info(info) if info else LogInfo(0, None, None, 0)
         return page, replace(log, run_status=record[0], run_last_event_id=record[1])
 
     async def events(self, run_id: str, after: StreamId = (0, 0), limit: int = 500) -> list[Event]:
@@ -375,6 +393,18 @@ class Bus:
         (a signal, a task's doorbell) cannot outlive the run. Awaitable; queued into `client`
         (a pipeline) when given."""
         return self._append(keys=[self.keys.run(run_id), key], args=[value], client=client)
+
+
+def _field(fields: Any, name: bytes) -> bytes:
+    """A field of a stream entry as a script returns it (a flat list, not a dict)."""
+    if isinstance(fields, dict):
+        value: bytes = fields[name]
+        return value
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name:
+            found: bytes = fields[i + 1]
+            return found
+    raise KeyError(name)
 
 
 def _log_info(info: Any) -> LogInfo:

@@ -62,6 +62,7 @@ class Engine:
             redis,
             keys,
             maxlen=settings.events_maxlen,
+            max_event_bytes=settings.max_event_bytes,
             retention_ms=settings.retention * 1000,
             storage_wait_s=settings.storage_full_wait_s,
         )
