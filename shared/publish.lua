@@ -13,7 +13,8 @@
 -- …), passed when the batch may end the run
 -- ARGV[1] fence attempt ('' = no check)     ARGV[2] log MAXLEN (approximate)
 -- ARGV[3] run channel     ARGV[4] lifecycle channel     ARGV[5] now (ISO 8601)
--- ARGV[6] batch uid (a retried batch is refused as DUPLICATE instead of written twice)
+-- ARGV[6] batch uid, 16 characters (a resent batch is refused as DUPLICATE instead of written
+--         twice: the run keeps the uids of its last 32 batches, whoever wrote them)
 -- ARGV[7] run id          ARGV[8] checkpoint field ('' = none)     ARGV[9] checkpoint value
 -- ARGV[10] retention ms ('0' = keep forever)     ARGV[11] most history entries dropped per call
 -- then per event, 6 + 2n values: body (JSON object without id/seq/progress), progress ('' = keep),
@@ -22,12 +23,13 @@
 -- Returns one string per event: "<id> <seq> <progress>", or "FINISHED <status>" for an event that
 -- came after the run ended. An empty array: the checkpoint was already set, nothing was written.
 -- Errors: NOTFOUND, FENCED <attempt>, FINISHED <status>, DUPLICATE.
-local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'progress', 'seq', 'last_uid',
+local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'progress', 'seq', 'recent_uids',
                      'workflow', 'message', 'created_at', 'started_at', 'finished_at')
 if not h[2] then
   return redis.error_reply('NOTFOUND')
 end
-if h[5] == ARGV[6] then
+local recent = h[5] or ''
+if string.find(recent, ARGV[6] .. ' ', 1, true) then
   return redis.error_reply('DUPLICATE')
 end
 if ARGV[1] ~= '' and h[1] ~= ARGV[1] then
@@ -97,7 +99,8 @@ end
 
 if last_id then
   local hset = {'seq', seq, 'progress', tostring(progress), 'status', status, 'message', message,
-                'last_event_id', last_id, 'updated_at', ARGV[5], 'last_uid', ARGV[6]}
+                'last_event_id', last_id, 'updated_at', ARGV[5],
+                'recent_uids', string.sub(recent .. ARGV[6] .. ' ', -32 * 17)}
   if started then hset[#hset + 1] = 'started_at'; hset[#hset + 1] = started end
   if finished then hset[#hset + 1] = 'finished_at'; hset[#hset + 1] = finished end
   for k, v in pairs(fields) do

@@ -300,3 +300,22 @@ async def test_the_position_a_resync_hands_out_has_no_gap(
     resumed = just_before(info.first_id)
     assert not info.has_gap_after(resumed)
     assert (await bus.read(run.run_id, resumed, 1))[0][0] == info.first_id
+
+
+async def test_a_resent_batch_is_refused_even_after_other_writers_published(
+    bus: Bus, store: RunStore
+) -> None:
+    """A batch whose first send landed but whose reply was lost is sent again after Redis comes
+    back; by then other writers of the run (a task, a signal) may have published. The resend
+    must still be recognised and write nothing."""
+    run = await store.create("demo", None)
+    await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go")
+    mine = bus.command(run.run_id, EventType.TASK_PROGRESS, "mine")
+    [first] = await bus.publish_raw([mine])
+    assert first
+    for i in range(5):  # other writers, in between
+        await bus.publish(run.run_id, EventType.TASK_PROGRESS, f"other {i}")
+    [again] = await bus.publish_raw([mine])
+    assert again == b""  # refused as a duplicate: counts as published
+    messages = [e.message for e in await bus.events(run.run_id)]
+    assert messages.count("mine") == 1 and len(messages) == 7
