@@ -3,6 +3,7 @@ editor, the chat, Compare, the Runs list's filters and paging, controls, deep li
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -111,7 +112,12 @@ async def test_research_report_tasks_timeline_and_deep_links(pages: Pages, stack
     # One row per task execution that streamed (plan, 2 questions, synthesize; more only if a
     # busy machine made a lease lapse and a task or the run ran again), never one per token.
     executions = sum(1 for e in events if e["type"] in ("task_started", "workflow_started"))
-    assert 1 <= await rows.count() <= executions < len(tokens)
+    assert executions < len(tokens)
+    # The list redraws after the filter changes: wait (bounded) for the filtered rows.
+    deadline = asyncio.get_running_loop().time() + 10
+    while not 1 <= (shown := await rows.count()) <= executions:
+        assert asyncio.get_running_loop().time() < deadline, f"{shown} rows for {executions}"
+        await asyncio.sleep(0.05)
     await page.select_option("#log-kind", "")
 
     # The Tasks panel: one row per step and task, with worker, tries, duration, streamed text.

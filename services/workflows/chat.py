@@ -49,7 +49,7 @@ class ChatInput(BaseModel):
     )
     system: str | None = Field(None, max_length=4_000, description="Replaces the system prompt.")
     idle_timeout_s: float = Field(
-        3_600, ge=1, le=7 * 86_400, description="End the conversation after this long idle."
+        900, ge=1, le=7 * 86_400, description="End the conversation after this long idle."
     )
 
 
