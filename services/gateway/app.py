@@ -75,10 +75,11 @@ def create_app(settings: Settings, *, frontend: Path | None = FRONTEND_DIR) -> S
 
 
 def asgi_app(app: Starlette) -> ASGIApp:
-    """What a server runs: the edge policy (`edge.py`) in front of the streaming lane, which
-    serves the event-stream routes ahead of the middleware (`lane.py`), in front of `app`."""
+    """What a server runs: the streaming lane, which serves the event-stream routes ahead of the
+    middleware (`lane.py`), else the edge policy (`edge.py`) in front of `app`. The lane applies
+    the same edge policy to the requests it takes."""
     settings: Settings = app.state.settings
-    return Edge(StreamLane(app, stream_routes.lane), settings)
+    return StreamLane(app, stream_routes.lane, Edge(app, settings))
 
 
 @asynccontextmanager

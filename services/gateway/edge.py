@@ -18,6 +18,7 @@ Authorization is not here: each route calls `access.authorize` itself (see `acce
 
 from __future__ import annotations
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.settings import Settings
@@ -25,7 +26,7 @@ from shared.settings import Settings
 from .dashboard import SECURITY_HEADERS
 from .errors import error_response
 
-__all__ = ["Edge", "host_name"]
+__all__ = ["Edge", "add_headers", "host_name"]
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -46,7 +47,10 @@ def host_name(host: str) -> str:
 
 
 class Edge:
-    """ASGI wrapper applying the host, origin, CORS and header policy of `settings`."""
+    """ASGI wrapper applying the host, origin, CORS and header policy of `settings`.
+
+    The streaming lane (`lane.py`) applies the same policy through `screen` and `headers`
+    without a wrapper, so an open event stream keeps no frame of this class."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -57,10 +61,8 @@ class Edge:
             o.strip().rstrip("/").lower() for o in settings.cors_origins.split(",") if o.strip()
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def screen(self, scope: Scope) -> tuple[Response | None, list[tuple[bytes, bytes]], bool]:
+        """(the refusal to send, or None; the headers every answer gets; is it a preflight)."""
         host = origin = fetch_site = b""
         preflight = False
         for name, value in scope["headers"]:
@@ -75,15 +77,23 @@ class Edge:
         problem = self._refusal(scope, host, origin, fetch_site)
         if problem is not None:
             status, code, message = problem
-            await error_response(status, code, message, headers={"Vary": "Origin"})(
-                scope, receive, _with_headers(send, _SECURITY)
-            )
-            return
+            refusal = error_response(status, code, message, headers={"Vary": "Origin"})
+            return refusal, _SECURITY, False
         cors = self._cors_headers(origin)
-        if preflight and scope["method"] == "OPTIONS" and origin:
-            await self._preflight(cors, send)
+        headers = [*_SECURITY, *cors] if cors else _SECURITY
+        return None, headers, preflight and scope["method"] == "OPTIONS" and bool(origin)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, _with_headers(send, [*_SECURITY, *cors]))
+        refusal, headers, preflight = self.screen(scope)
+        if refusal is not None:
+            await refusal(scope, receive, _with_headers(send, headers))
+        elif preflight:
+            await self._preflight(headers, send)
+        else:
+            await self.app(scope, receive, _with_headers(send, headers))
 
     def _refusal(
         self, scope: Scope, host: bytes, origin: bytes, fetch_site: bytes
@@ -112,13 +122,12 @@ class Edge:
             (b"vary", b"Origin"),
         ]
 
-    async def _preflight(self, cors: list[tuple[bytes, bytes]], send: Send) -> None:
-        headers = [*_SECURITY, (b"content-length", b"0")]
+    async def _preflight(self, base: list[tuple[bytes, bytes]], send: Send) -> None:
+        headers = [*base, (b"content-length", b"0")]
         status = 403
-        if cors:
+        if len(base) > len(_SECURITY):  # the origin is allowed: `base` carries its CORS headers
             status = 204
             headers += [
-                *cors,
                 (b"access-control-allow-methods", _CORS_METHODS),
                 (b"access-control-allow-headers", _CORS_HEADERS),
                 (b"access-control-max-age", b"600"),
@@ -127,12 +136,17 @@ class Edge:
         await send({"type": "http.response.body", "body": b""})
 
 
+def add_headers(headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]) -> None:
+    """Append to `headers` those of `extra` whose name is not there yet."""
+    names = {name.lower() for name, _ in headers}
+    headers += [h for h in extra if h[0] not in names]
+
+
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
     async def sender(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", ()))
-            names = {name.lower() for name, _ in headers}
-            headers += [h for h in extra if h[0] not in names]
+            add_headers(headers, extra)
             message["headers"] = headers
         await send(message)
 

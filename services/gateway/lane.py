@@ -19,30 +19,40 @@ from starlette.requests import Request
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
+from .edge import Edge, add_headers
 from .errors import handle_exception
 
 __all__ = ["StreamLane"]
 
 
 class StreamLane:
-    """An ASGI app: GET requests for `routes` go straight to their endpoints, all else to `app`."""
+    """An ASGI app: GET requests for `routes` go straight to their endpoints, all else to `edge`
+    (the edge policy in front of `app`). The lane applies that policy to its own requests with
+    `Edge.screen`, adding its headers to the endpoint's response: no wrapper stays suspended
+    for as long as a stream is open."""
 
-    def __init__(self, app: Starlette, routes: list[Route]) -> None:
+    def __init__(self, app: Starlette, routes: list[Route], edge: Edge) -> None:
         self.app = app
         self.routes = routes
+        self.edge = edge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
             for route in self.routes:
                 match, child = route.matches(scope)
                 if match is Match.FULL:
-                    scope.update(child)
-                    scope["app"] = self.app
-                    request = Request(scope, receive)
-                    try:
-                        response = await route.endpoint(request)
-                    except Exception as exc:
-                        response = await handle_exception(request, exc)
+                    refusal, headers, _ = self.edge.screen(scope)
+                    if refusal is not None:
+                        response = refusal
+                    else:
+                        scope.update(child)
+                        scope["app"] = self.app
+                        request = Request(scope, receive)
+                        try:
+                            response = await route.endpoint(request)
+                        except Exception as exc:
+                            response = await handle_exception(request, exc)
+                    add_headers(response.raw_headers, headers)
                     await response(scope, receive, send)
                     return
-        await self.app(scope, receive, send)
+        await self.edge(scope, receive, send)
