@@ -4,7 +4,7 @@ uvicorn bounds a kept-alive connection's idle time between requests (`timeout_ke
 nothing else: a client may open a connection and send nothing, or send a request head a byte a
 minute, or stop halfway through a body, and hold a connection and its memory for ever
 ("slowloris"). `GuardedProtocol` is the gateway's uvicorn protocol (`fastpath.HttpToolsProtocol`)
-with two deadlines, one timer per connection at a time:
+with two deadlines, one per connection at a time:
 
 - **Head** (`TIDINGS_HEADER_TIMEOUT_S`): from the connection's start, or from a later request's
   first byte (the idle time before it is keep-alive's), until its head is complete. A connection
@@ -19,8 +19,9 @@ The overrides are of the asyncio protocol's and the httptools parser's public ca
 (`connection_made`/`connection_lost`, `on_message_begin`, `on_headers_complete`, `on_body`,
 `on_message_complete`); the state read is uvicorn's per-connection state (`transport`, `flow`,
 `cycle`, `loop`, `server_state`). `tests/test_gateway_slow_clients.py` checks those assumptions
-against the installed uvicorn and the behaviour end to end. Only the timer is added on the
-connection's path: nothing per byte, a clock read per body chunk.
+against the installed uvicorn and the behaviour end to end. On the connection's path only a dict
+entry is added (swept every tick, at most 0.5 s, so a deadline may be that much late): nothing
+per byte, a clock read per body chunk.
 """
 
 from __future__ import annotations
@@ -45,14 +46,23 @@ class GuardedProtocol(HttpToolsProtocol):
     header_timeout: float = Settings.model_fields["header_timeout_s"].default
     body_timeout: float = Settings.model_fields["body_timeout_s"].default
 
-    _phase: _Phase = "idle"
-    _begun = False  # a byte of the current request has arrived
-    _timer: asyncio.TimerHandle | None = None
-    _body_at = 0.0  # loop time of the last body bytes (or of the head's end)
+    # Slots, not instance attributes: uvicorn's protocol already has so many that three more
+    # would grow every connection's attribute dict to its next size (1.5 KB a connection).
+    __slots__ = ("_begun", "_body_at", "_phase")
+    _phase: _Phase
+    _begun: bool  # a byte of the current request has arrived
+    _body_at: float  # loop time of the last body bytes (or of the head's end)
+
+    # The connections with a deadline, and when it falls (loop time). One sweep per tick looks
+    # them over, rather than a timer per connection: a cancelled timer stays in the loop's heap
+    # until it would have fired, which in a connection storm is most of a stream's memory.
+    _deadlines: dict[GuardedProtocol, float] = {}
+    _sweep: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._begun = False
+        self._body_at = 0.0
         self._await("head", self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -87,17 +97,29 @@ class GuardedProtocol(HttpToolsProtocol):
         self._phase = "idle"
 
     def _await(self, phase: _Phase, delay: float) -> None:
-        self._cancel()
         self._phase = phase
-        self._timer = self.loop.call_later(delay, self._expired)
+        cls = type(self)
+        cls._deadlines[self] = self.loop.time() + delay
+        if cls._sweep is None:
+            cls._sweep = self.loop.call_later(cls._tick(), cls._sweep_due, self.loop)
 
     def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        type(self)._deadlines.pop(self, None)
+
+    @classmethod
+    def _tick(cls) -> float:
+        return min(0.5, cls.header_timeout / 4, cls.body_timeout / 4)
+
+    @classmethod
+    def _sweep_due(cls, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        due = [conn for conn, deadline in cls._deadlines.items() if deadline <= now]
+        for conn in due:
+            del cls._deadlines[conn]
+            conn._expired()
+        cls._sweep = loop.call_later(cls._tick(), cls._sweep_due, loop) if cls._deadlines else None
 
     def _expired(self) -> None:
-        self._timer = None
         if self.transport.is_closing():
             return
         if self.flow.read_paused:
@@ -155,5 +177,10 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
     return type(
         "GuardedProtocol",
         (GuardedProtocol,),
-        {"header_timeout": settings.header_timeout_s, "body_timeout": settings.body_timeout_s},
+        {
+            "header_timeout": settings.header_timeout_s,
+            "body_timeout": settings.body_timeout_s,
+            "_deadlines": {},
+            "_sweep": None,
+        },
     )
