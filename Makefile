@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test check fmt bench clean
+.PHONY: install run test check fmt bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,10 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/tidings bench
+
+# The long fault-and-abuse soak (a few minutes); `make test` runs the short one.
+soak: $(STAMP)
+	$(BIN)/python -m services.bench.soak --profile long $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

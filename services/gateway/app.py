@@ -8,6 +8,7 @@ dashboard's static files at `/` (mounted only when `frontend/index.html` exists)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ from .metrics import Gauges, Stats, make_registry
 from .presence import Presence
 from .source import PubSubSource
 from .stream_runs import StreamRuns
+from .trim import Trimmer, malloc_trim
 from .viewer import ViewerLimits
 
 __all__ = ["FRONTEND_DIR", "asgi_app", "create_app"]
@@ -134,9 +136,13 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
     hub.start()
     presence.start()
     stream_runs.start()
+    trimmer = Trimmer(lambda: gauges.viewers() + gauges.lifecycle_viewers(), malloc_trim(), stats)
+    trimming = asyncio.create_task(trimmer.run(), name="tidings-gateway-trim")
     try:
         yield
     finally:
+        trimming.cancel("gateway shutting down")
+        await asyncio.wait({trimming})
         await stream_runs.close()
         await hub.close(timeout=_HUB_STOP_TIMEOUT_S)
         await presence.close()  # after the streams ended: their leases go in one batch

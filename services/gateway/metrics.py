@@ -8,6 +8,7 @@ registry, so several apps in one process (tests) never collide.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Gauges", "Stats", "make_registry", "render"]
+__all__ = ["CONTENT_TYPE", "Gauges", "Stats", "make_registry", "render", "running_tasks"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -39,6 +40,15 @@ class Stats:
     pubsub_reconnects: int = 0
     redis_retries: int = 0  # log reads retried while Redis was unreachable
     buffer_high: int = 0  # the most events any one viewer has ever had buffered
+    memory_trims: int = 0  # freed memory given back after the last viewer left (`trim.py`)
+
+
+def running_tasks() -> int:
+    """asyncio tasks of the running loop (a leak shows as a count that only grows)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped outside a running loop
+        return 0
 
 
 @dataclass(slots=True)
@@ -50,6 +60,7 @@ class Gauges:
     channels: Callable[[], int]
     connected: Callable[[], bool]
     buffer_limit: int
+    tasks: Callable[[], int] = running_tasks
 
 
 _COUNTERS = (
@@ -66,6 +77,7 @@ _COUNTERS = (
     ("slow_disconnects", "Viewers disconnected because they accepted no bytes in time."),
     ("pubsub_reconnects", "Reconnections of the pub/sub connection."),
     ("redis_retries", "Log reads retried while Redis was unreachable."),
+    ("memory_trims", "Times freed memory was given back to the system after the last viewer left."),
 )
 
 
@@ -93,6 +105,7 @@ class _Collector(Collector):
                 self.stats.buffer_high,
             ),
             ("viewer_buffer_limit", "Per-viewer buffer bound (events).", g.buffer_limit),
+            ("tasks", "asyncio tasks in this process, the scrape's own included.", g.tasks()),
         ):
             yield GaugeMetricFamily(f"tidings_gateway_{name}", doc, value)
 
