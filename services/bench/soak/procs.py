@@ -1,4 +1,4 @@
-"""The soak's own servers: an embedded Valkey with persistence (AOF, as deployed), N gateway
+"""The soak's own servers: an embedded Valkey configured as `tidings up` runs it, N gateway
 processes each on its own port, M worker processes. Everything is a child of the driver, and
 only these children are ever signalled, by their own pid.
 
@@ -102,7 +102,10 @@ class Stack:
     def __init__(self, workdir: Path, namespace: str, settings: dict[str, object]) -> None:
         self.dir = workdir
         self.keys = Keys(namespace)
-        self.valkey = EmbeddedValkey(workdir / "valkey", persistent=True)
+        # As `tidings up` runs it: AOF persistence, and its memory cap with no eviction.
+        self.valkey = EmbeddedValkey(
+            workdir / "valkey", persistent=True, maxmemory=Settings().valkey_maxmemory
+        )
         self.settings = settings
         self.gateways: list[Child] = []
         self.workers: list[Child] = []
