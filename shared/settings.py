@@ -121,6 +121,11 @@ class Settings(BaseModel):
     send_timeout_s: float = Field(
         30.0, gt=0, description="A viewer that accepts no bytes for this long is disconnected."
     )
+    max_header_bytes: int = Field(
+        65_536,
+        ge=4_096,
+        description="Largest request line and headers; a bigger head is answered 431 and closed.",
+    )
     header_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -241,6 +241,27 @@ async def test_oversized_bodies_get_413_json(gateway_factory: GatewayFactory) ->
             assert resp.json()["error"]["code"] == "body_too_large"
 
 
+async def test_a_client_that_sends_its_whole_oversized_body_reads_the_413(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """A refused body is read to its end before the answer: closing with unread bytes makes the
+    kernel reset the connection, and a client that writes before it reads (httpx, most) would
+    get the reset instead of the 413."""
+    gw = await gateway_factory(max_body_bytes=1_048_576)
+    big = b'{"workflow": "research", "input": {"topic": "' + b"t" * 1_200_000 + b'"}}'
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for i in range(0, len(big), 64 * 1024):
+            yield big[i : i + 64 * 1024]
+
+    for attempt in range(20):
+        async with gw.client(headers={"Content-Type": "application/json"}) as client:
+            content = big if attempt % 2 else chunked()
+            resp = await client.post("/api/runs", content=content)
+        assert resp.status_code == 413, attempt
+        assert resp.json()["error"]["code"] == "body_too_large"
+
+
 async def test_body_limit_middleware_counts_chunked_bodies_as_they_are_read() -> None:
     """The middleware on its own, under a real server, with a route that reads the body."""
 

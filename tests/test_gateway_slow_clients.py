@@ -164,6 +164,33 @@ async def test_a_partial_request_head_gets_408_and_is_closed() -> None:
             assert took >= DEADLINE * 0.8
 
 
+async def test_an_oversized_head_gets_431_and_the_client_reads_it() -> None:
+    limit = Settings.model_fields["max_header_bytes"].default
+    async with _serve(_App()) as port:
+        reader, writer = await _connect(port)
+        # A header that never ends: the server answers once the head passes the limit, and
+        # reads what the client still sends, so the answer is not lost to a reset.
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (4 * limit))
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), GENEROUS)
+        writer.close()
+    assert _status(data) == 431, data[:200]
+    assert _error(data)["code"] == "headers_too_large"
+
+
+async def test_a_big_body_right_after_its_head_is_not_taken_for_a_big_head() -> None:
+    """A read that completes a head carries its body's first bytes too."""
+    body = b"b" * (3 * Settings.model_fields["max_header_bytes"].default)
+    async with _serve(_App()) as port:
+        reader, writer = await _connect(port)
+        head = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        writer.write(head + body)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.readuntil(str(len(body)).encode()), GENEROUS)
+        writer.close()
+    assert _status(data) == 200
+
+
 async def test_a_head_sent_a_byte_at_a_time_is_cut_at_its_deadline() -> None:
     """Each byte on time is not enough: the head as a whole has a deadline."""
     async with _serve(_App()) as port:

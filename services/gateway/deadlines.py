@@ -37,7 +37,11 @@ from .fastpath import HttpToolsProtocol
 
 __all__ = ["GuardedProtocol", "guarded_protocol"]
 
-_Phase = Literal["idle", "head", "body"]
+_Phase = Literal["idle", "head", "body", "closing"]
+# After an answer that ends the connection, what the client still sends is read and dropped for
+# up to this long: closing a socket with unread bytes makes the kernel reset the connection, and
+# a client still writing would then never read the answer.
+_LINGER_S = 2.0
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -45,13 +49,15 @@ class GuardedProtocol(HttpToolsProtocol):
 
     header_timeout: float = Settings.model_fields["header_timeout_s"].default
     body_timeout: float = Settings.model_fields["body_timeout_s"].default
+    max_head_bytes: int = Settings.model_fields["max_header_bytes"].default
 
     # Slots, not instance attributes: uvicorn's protocol already has so many that three more
     # would grow every connection's attribute dict to its next size (1.5 KB a connection).
-    __slots__ = ("_begun", "_body_at", "_phase")
+    __slots__ = ("_begun", "_body_at", "_head_bytes", "_phase")
     _phase: _Phase
     _begun: bool  # a byte of the current request has arrived
     _body_at: float  # loop time of the last body bytes (or of the head's end)
+    _head_bytes: int  # bytes received since the current request head began
 
     # The connections with a deadline, and when it falls (loop time). One sweep per tick looks
     # them over, rather than a timer per connection: a cancelled timer stays in the loop's heap
@@ -63,6 +69,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._begun = False
         self._body_at = 0.0
+        self._head_bytes = 0
         self._await("head", self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -76,7 +83,21 @@ class GuardedProtocol(HttpToolsProtocol):
         if self._phase == "idle":  # a later request on a kept-alive connection
             self._await("head", self.header_timeout)
 
+    def data_received(self, data: bytes) -> None:
+        if self._phase == "closing":
+            return  # answered already: the rest is dropped (see `_LINGER_S`)
+        # Only a head still incomplete after its bytes passed the limit is refused: a read that
+        # completes a head also carries the start of its body, and that is not the head's size.
+        counting = self._phase != "body"
+        if counting:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # (A head completed meanwhile set the count back to 0.)
+        if counting and self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+            self._give_up(respond=True, answer=_HEAD_TOO_LARGE)
+
     def on_headers_complete(self) -> None:
+        self._head_bytes = 0
         self._cancel()
         previous = self.cycle
         super().on_headers_complete()
@@ -95,6 +116,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._cancel()
         self._phase = "idle"
+        self._head_bytes = 0
 
     def _await(self, phase: _Phase, delay: float) -> None:
         self._phase = phase
@@ -122,6 +144,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def _expired(self) -> None:
         if self.transport.is_closing():
             return
+        if self._phase == "closing":
+            self.transport.close()
+            return
         if self.flow.read_paused:
             # Not the client's doing: uvicorn stopped reading (a body the app has not taken, a
             # pipelined request queued). The clock starts again when reading does.
@@ -145,24 +170,43 @@ class GuardedProtocol(HttpToolsProtocol):
                 return
             self._give_up(respond=not cycle.response_started)
 
-    def _give_up(self, *, respond: bool) -> None:
-        """Close the connection, after a 408 when `respond`."""
+    def _give_up(self, *, respond: bool, answer: tuple[bytes, str, str] | None = None) -> None:
+        """Close the connection, after `answer` (a 408 by default) when `respond`."""
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             # As when the client disconnects: the app's `receive` says so, its `send` is dropped.
             cycle.disconnected = True
             cycle.message_event.set()
+        if respond and self.transport.can_write_eof():
+            # Answer, end our side, and read what the client still sends until it closes its
+            # side or the linger time is over: it reads the answer rather than a reset.
+            self.transport.write(_answer(self.server_state.default_headers, answer or _TIMEOUT))
+            self.transport.write_eof()
+            self.flow.resume_reading()
+            self._await("closing", _LINGER_S)
+            return
         if respond:
-            self.transport.write(_response_408(self.server_state.default_headers))
+            self.transport.write(_answer(self.server_state.default_headers, answer or _TIMEOUT))
         self._phase = "idle"
         self.transport.close()
 
 
-def _response_408(default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    body = codec.dumps(
-        error_body("request_timeout", "the request was not received in time; closing")
-    )
-    head = [b"HTTP/1.1 408 Request Timeout\r\n"]
+_TIMEOUT = (
+    b"408 Request Timeout",
+    "request_timeout",
+    "the request was not received in time; closing",
+)
+_HEAD_TOO_LARGE = (
+    b"431 Request Header Fields Too Large",
+    "headers_too_large",
+    "the request line and headers are too large (TIDINGS_MAX_HEADER_BYTES); closing",
+)
+
+
+def _answer(default_headers: list[tuple[bytes, bytes]], answer: tuple[bytes, str, str]) -> bytes:
+    status, code, message = answer
+    body = codec.dumps(error_body(code, message))
+    head = [b"HTTP/1.1 " + status + b"\r\n"]
     head += [name + b": " + value + b"\r\n" for name, value in default_headers]
     head += [
         b"content-type: application/json\r\n",
@@ -180,6 +224,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
         {
             "header_timeout": settings.header_timeout_s,
             "body_timeout": settings.body_timeout_s,
+            "max_head_bytes": settings.max_header_bytes,
             "_deadlines": {},
             "_sweep": None,
         },
