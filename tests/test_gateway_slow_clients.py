@@ -120,6 +120,10 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
         "on_headers_complete",
         "on_body",
         "on_message_complete",
+        "data_received",
+        "on_url",
+        "on_header",
+        "send_400_response",
     ):
         assert callable(getattr(HttpToolsProtocol, name)), name
         assert getattr(GuardedProtocol, name) is not getattr(HttpToolsProtocol, name), name
@@ -140,6 +144,10 @@ def test_the_uvicorn_internals_the_guard_relies_on_are_there() -> None:
     lost = inspect.getsource(HttpToolsProtocol.connection_lost)
     assert "self.cycle.disconnected = True" in lost and "message_event.set()" in lost
     assert "default_headers" in inspect.getsource(HttpToolsProtocol.send_400_response)
+    # A callback's exception comes out of the parser as an HttpParserError, which uvicorn
+    # answers with `send_400_response` (where the 431 is made).
+    received = inspect.getsource(HttpToolsProtocol.data_received)
+    assert "except httptools.HttpParserError" in received and "send_400_response" in received
 
 
 async def test_a_connection_that_sends_nothing_is_closed_without_an_answer() -> None:
@@ -176,6 +184,34 @@ async def test_an_oversized_head_gets_431_and_the_client_reads_it() -> None:
         writer.close()
     assert _status(data) == 431, data[:200]
     assert _error(data)["code"] == "headers_too_large"
+
+
+async def test_a_big_head_that_comes_whole_in_one_read_gets_431_too() -> None:
+    limit = Settings.model_fields["max_header_bytes"].default
+    async with _serve(_App()) as port:
+        for line in (b"X-Big: " + b"a" * (2 * limit), b"/" + b"p" * (2 * limit)):
+            reader, writer = await _connect(port)
+            if line.startswith(b"/"):
+                writer.write(b"GET " + line + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            else:
+                writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
+            await writer.drain()
+            data = await asyncio.wait_for(reader.read(), GENEROUS)
+            writer.close()
+            assert _status(data) == 431, data[:200]
+        # Many headers, each small, count together.
+        reader, writer = await _connect(port)
+        many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 200) for i in range(limit // 200))
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        data = await asyncio.wait_for(reader.read(), GENEROUS)
+        writer.close()
+        assert _status(data) == 431
+        # A head under the limit is served.
+        reader, writer = await _connect(port)
+        writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\nX-Ok: " + b"o" * (limit // 2) + b"\r\n\r\n")
+        data = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), GENEROUS)
+        writer.close()
+        assert _status(data) == 200
 
 
 async def test_a_big_body_right_after_its_head_is_not_taken_for_a_big_head() -> None:

@@ -53,11 +53,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     # Slots, not instance attributes: uvicorn's protocol already has so many that three more
     # would grow every connection's attribute dict to its next size (1.5 KB a connection).
-    __slots__ = ("_begun", "_body_at", "_head_bytes", "_phase")
+    __slots__ = ("_begun", "_body_at", "_head_bytes", "_head_parsed", "_phase")
     _phase: _Phase
     _begun: bool  # a byte of the current request has arrived
     _body_at: float  # loop time of the last body bytes (or of the head's end)
     _head_bytes: int  # bytes received since the current request head began
+    _head_parsed: int  # bytes of request line and headers the parser has handed over
 
     # The connections with a deadline, and when it falls (loop time). One sweep per tick looks
     # them over, rather than a timer per connection: a cancelled timer stays in the loop's heap
@@ -70,6 +71,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._begun = False
         self._body_at = 0.0
         self._head_bytes = 0
+        self._head_parsed = 0
         self._await("head", self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -78,6 +80,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
+        self._head_parsed = 0
         super().on_message_begin()
         self._begun = True
         if self._phase == "idle":  # a later request on a kept-alive connection
@@ -86,15 +89,47 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._phase == "closing":
             return  # answered already: the rest is dropped (see `_LINGER_S`)
-        # Only a head still incomplete after its bytes passed the limit is refused: a read that
-        # completes a head also carries the start of its body, and that is not the head's size.
+        # Two counts bound a head. The bytes received refuse a head still incomplete after the
+        # limit, before the parser buffers more of it (a read that completes a head carries its
+        # body's first bytes too, so it is not judged by its size: a head completed meanwhile
+        # set this count back to 0). What the parser hands over (`on_url`, `on_header`) refuses
+        # a big head that came whole in one read.
         counting = self._phase != "body"
         if counting:
             self._head_bytes += len(data)
         super().data_received(data)
-        # (A head completed meanwhile set the count back to 0.)
-        if counting and self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
+        if (
+            counting
+            and not self._answered()
+            and self._head_bytes > self.max_head_bytes
+            and not self.transport.is_closing()
+        ):
             self._give_up(respond=True, answer=_HEAD_TOO_LARGE)
+
+    def _answered(self) -> bool:
+        """Has an answer that ends the connection gone out (the phase is read anew)?"""
+        return self._phase == "closing"
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_parsed += size
+        if self._head_parsed > self.max_head_bytes:
+            # The parser turns this into an HttpParserError, which uvicorn answers with
+            # `send_400_response`: that answers 431 instead (below).
+            raise _HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_parsed > self.max_head_bytes:
+            self._give_up(respond=True, answer=_HEAD_TOO_LARGE)
+            return
+        super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._head_bytes = 0
@@ -189,6 +224,10 @@ class GuardedProtocol(HttpToolsProtocol):
             self.transport.write(_answer(self.server_state.default_headers, answer or _TIMEOUT))
         self._phase = "idle"
         self.transport.close()
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside the parser's callbacks when a request head passes its limit."""
 
 
 _TIMEOUT = (
