@@ -19,6 +19,13 @@ Other settings, and why:
   delays the job by seconds, not by the longest job timeout.
 - Runs may hold all but a quarter of the job slots (`run_slots`): the rest is kept for tasks.
 - Signals are ours (`services.worker.main`): SIGTERM hands runs back before arq cancels tasks.
+
+Fair claiming. Every idle worker hears every doorbell, and Redis delivers a message to its
+subscribers in the order they subscribed, so in a plain race the same worker would win almost
+every job of a burst (12 runs on 3 workers went 10/1/1). Instead a worker that holds `k` jobs waits
+`k * _FAIR_STEP_S` (at most `_FAIR_CAP_S`) before each claim, and claims only if the job is still
+there: an idle worker claims at once, and of busy workers the least busy comes first. A job costs
+nothing more to dispatch while any worker is idle; when all are busy, the least busy one's wait.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ __all__ = ["TidingsWorker", "listen_doorbell", "run_slots"]
 logger = logging.getLogger(__name__)
 
 _NO_TIMEOUT_S = 10 * 365 * 86_400
+# Fair claiming (module docstring): the wait before a claim per job held, and its ceiling.
+_FAIR_STEP_S = 0.002
+_FAIR_CAP_S = 0.05
 # KEYS: queue, arq's in-progress key. ARGV: job id, now ms, in-progress ttl ms. Returns the
 # job's score when this worker may start it (same checks as arq's claim), else false.
 _CLAIM = """
@@ -93,7 +103,10 @@ class TidingsWorker(Worker):
         self._wake = asyncio.Event()
         self._claim = pool.register_script(_CLAIM)
         self._claiming = 0  # run jobs being claimed right now (their slot is taken)
-        self._offered: list[bytes] = []
+        self._claims = 0  # claims in flight, runs and tasks
+        self._no_claims = asyncio.Event()
+        self._no_claims.set()
+        self._offered: list[tuple[bytes, float]] = []  # (job id, when it was offered)
         self._has_offers = asyncio.Event()
 
     def wake(self) -> None:
@@ -122,7 +135,7 @@ class TidingsWorker(Worker):
     def offer(self, job_id: str) -> None:
         """A job was just enqueued: try to start it at once, without reading the queue first.
         If it cannot start here (no slot, another worker won, deferred), polling finds it."""
-        self._offered.append(job_id.encode())
+        self._offered.append((job_id.encode(), asyncio.get_running_loop().time()))
         self._has_offers.set()
 
     async def take_offers(self) -> None:
@@ -135,25 +148,59 @@ class TidingsWorker(Worker):
                 batch = list(self._offered)
                 self._offered.clear()
                 try:
-                    await self.start_jobs(batch)
+                    await self._start(batch)
                 except (ConnectionError, TimeoutError, RedisError) as exc:
                     logger.debug("could not take offered jobs now: %s", exc)
 
+    def claim_delay(self) -> float:
+        """How long after a job is offered this worker may claim it: longer the more jobs it
+        holds. Counted from the offer, so waits never add up over a burst's offers."""
+        return min(self.job_counter * _FAIR_STEP_S, _FAIR_CAP_S)
+
+    async def stop_picking(self) -> None:
+        """Take no more jobs; return once no claim is in flight, so every job this worker won
+        already has its task in `tasks` (cancelling a claim half way would lose its job until
+        arq's in-progress marker lapses)."""
+        self.allow_pick_jobs = False
+        await self._no_claims.wait()
+
+    def _may_claim(self, is_run: bool) -> bool | None:
+        """True: claim; False: skip this job; None: take no more jobs now."""
+        if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
+            return None
+        return not is_run or self._runs_held() < self.run_slots
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's poll loop found these jobs queued (see `_start`)."""
+        now = asyncio.get_running_loop().time()
+        await self._start([(job_id, now) for job_id in job_ids])
+
+    async def _start(self, jobs: list[tuple[bytes, float]]) -> None:
         """arq's claim in one script instead of WATCH/EXISTS/ZSCORE/MULTI (four round trips,
         and four per loser of every race between woken workers), skipping the run jobs this
         worker has no run slot for: a run waiting on its tasks must never take the last slot.
-        Safe to run concurrently: the poll loop and `offer` both call it."""
-        for job_id_b in job_ids:
-            if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
-                break
+        A busy worker claims a job only `claim_delay` after it was offered (fair claiming, see
+        the module docstring). Safe to run concurrently: the poll loop and `offer` both call it."""
+        loop = asyncio.get_running_loop()
+        for job_id_b, offered in jobs:
             job_id = job_id_b.decode()
             is_run = job_id.startswith(RUN_JOB_PREFIX)
-            if is_run and self._runs_held() >= self.run_slots:
+            may = self._may_claim(is_run)
+            if may and (wait := offered + self.claim_delay() - loop.time()) > 0:
+                await asyncio.sleep(wait)
+                may = self._may_claim(is_run)
+            if may is None:
+                break
+            if not may:
                 continue
             await self.sem.acquire()
+            if not self.allow_pick_jobs:  # `stop_picking` came while we waited for the slot
+                self.sem.release()
+                break
             self.job_counter += 1
             self._claiming += is_run
+            self._claims += 1
+            self._no_claims.clear()
             try:
                 score = await self._claim(
                     keys=[self.queue_name, in_progress_key_prefix + job_id],
@@ -164,6 +211,9 @@ class TidingsWorker(Worker):
                 raise
             finally:
                 self._claiming -= is_run
+                self._claims -= 1
+                if not self._claims:
+                    self._no_claims.set()  # waiters run later: a won job's task exists by then
             if not score:  # another worker was first, or the job is gone or deferred
                 self.job_counter -= 1
                 self.sem.release()

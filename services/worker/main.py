@@ -1,8 +1,9 @@
 """One worker process: the arq worker plus the doorbell, lease and sweep loops.
 
 Shutdown on SIGTERM/SIGINT: stop taking jobs, hand every held run and task back to the pool at
-once (no waiting for leases to expire), cancel what is still running, close, all within a few
-seconds. A second signal while shutting down is ignored: the hand-back is already bounded.
+once (no waiting for leases to expire, see `handback`), let each job end on its own, close, log
+"stopped" and exit 0, all within a few seconds. A second signal while shutting down is ignored:
+the hand-back is already bounded.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from shared.settings import Settings
 
 from .context import Engine, worker_name
 from .dispatch import TidingsWorker, listen_doorbell
+from .handback import hand_back
 from .heartbeat import keep_leases
 from .liveness import client_name
-from .outage import OUTAGE_ERRORS
-from .sweeper import hand_back, sweep
+from .sweeper import sweep
 
 __all__ = ["TEST_WORKFLOWS_ENV", "run_worker", "serve"]
 
@@ -34,8 +35,10 @@ logger = logging.getLogger(__name__)
 # A module of extra workflows the worker imports at start: the test suite's and the benchmarks'
 # fixtures. Kept out of Settings (`TIDINGS_TEST_*` is reserved) so no deployment depends on it.
 TEST_WORKFLOWS_ENV = "TIDINGS_TEST_WORKFLOWS"
-_HANDBACK_TIMEOUT_S = 3.0
-_CLOSE_TIMEOUT_S = 2.0
+# SIGTERM to exit: hand-back and jobs ending within this, then closing within _CLOSE_TIMEOUT_S.
+# Under honcho's 5 s (and compose's stop_grace_period) before SIGKILL.
+_STOP_TIMEOUT_S = 3.0
+_CLOSE_TIMEOUT_S = 1.0
 
 
 def run_worker(settings: Settings) -> None:
@@ -94,25 +97,47 @@ async def serve(
 
 
 async def _shutdown(engine: Engine, worker: TidingsWorker, polling: asyncio.Task[None]) -> None:
-    engine.closing = True
+    """Hand back, let every job end on its own, close. Nothing is cancelled half way unless the
+    bound runs out (Redis unreachable, say): a job cancelled mid-claim or mid-release would leave
+    its run to the sweepers, and arq logs every cancelled job as failed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STOP_TIMEOUT_S
+    engine.closing = True  # from here on, a run or task claimed hands itself back (`handback`)
     worker.allow_pick_jobs = False
-    polling.cancel("worker stopping")
-    held = len(engine.runs) + len(engine.tasks)
-    if held:
+    if engine.runs or engine.tasks:
         logger.info("handing back %d runs and %d tasks", len(engine.runs), len(engine.tasks))
         try:
-            await asyncio.wait_for(hand_back(engine), _HANDBACK_TIMEOUT_S)
+            failed = await asyncio.wait_for(hand_back(engine), _STOP_TIMEOUT_S)
         except TimeoutError:
-            logger.warning("hand-back timed out; the sweeper will recover the rest")
-        except OUTAGE_ERRORS as exc:
-            logger.warning("hand-back failed (%s); the sweepers will recover the runs", exc)
-    for task in worker.tasks.values():
-        task.cancel("worker stopping")
-    if worker.tasks:
-        await asyncio.wait(list(worker.tasks.values()), timeout=_CLOSE_TIMEOUT_S)
+            logger.warning("hand-back timed out; the sweepers will recover the rest")
+        else:
+            if failed:
+                logger.warning("%d hand-backs failed; the sweepers will recover them", failed)
+    # Claims in flight finish (a job won now hands itself back), then the poll loop can go.
+    try:
+        await asyncio.wait_for(worker.stop_picking(), max(0.1, deadline - loop.time()))
+    except TimeoutError:
+        logger.warning("a job claim did not finish; its job waits for arq's in-progress marker")
+    polling.cancel("worker stopping")
+    await _wait_jobs(worker, deadline)
     await engine.close(_CLOSE_TIMEOUT_S)
     try:
         await worker.pool.delete(worker.health_check_key)
     except Exception:
         logger.debug("could not delete the health-check key", exc_info=True)
     logger.info("worker %s stopped", engine.name)
+
+
+async def _wait_jobs(worker: TidingsWorker, deadline: float) -> None:
+    """Wait for the job tasks to end (a handed-back one ends at its next await); cancel what is
+    still running at `deadline`."""
+    loop = asyncio.get_running_loop()
+    while running := [task for task in worker.tasks.values() if not task.done()]:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            logger.warning("%d jobs still running; cancelling them", len(running))
+            for task in running:
+                task.cancel("worker stopping")
+            await asyncio.wait(running, timeout=_CLOSE_TIMEOUT_S)
+            return
+        await asyncio.wait(running, timeout=remaining)

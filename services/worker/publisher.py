@@ -12,6 +12,11 @@ when it was cancelled under us) is remembered, reported to `on_error` once, and 
 later call, so a zombie stops at its next publish. `commit` drains the queue first, then sends a
 checkpointed publish, so a step's `task_completed` never overtakes the events before it.
 
+`close` (the execution was fenced, finished or handed back) makes the publisher refuse events from
+then on with `Closed`, a `Fenced`: whoever waits on an event it drops gets that error, never a
+`CancelledError`, which would read as its own task being cancelled (and would, say, end a worker's
+hand-back half way through).
+
 Losing Redis is not an error here: a batch (or a commit) that meets a connection error is sent
 again, in order, until Redis answers (`outage.until_redis`); meanwhile `send` keeps queueing up
 to the high-water mark. A resent batch that had landed before the connection dropped is refused
@@ -27,16 +32,21 @@ from functools import partial
 from typing import Any
 
 from shared.bus import Bus, PublishCommand
+from shared.errors import Fenced
 from shared.events import Event, EventType
 
 from .outage import until_redis
 
-__all__ = ["Publisher"]
+__all__ = ["Closed", "Publisher"]
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 512
 _HIGH_WATER = 2048
+
+
+class Closed(Fenced):
+    """The execution stopped publishing: it was handed back, fenced or has finished."""
 
 
 class Publisher:
@@ -79,7 +89,8 @@ class Publisher:
     async def drain(self) -> None:
         """Wait until everything queued so far is published; raise the sticky error if any."""
         while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+            # `wait`, not `shield`: a flusher that `close` cancelled must not cancel us.
+            await asyncio.wait([self._flusher])
         if self.error is not None:
             raise self.error
 
@@ -98,12 +109,13 @@ class Publisher:
             raise
 
     def close(self) -> None:
-        """Drop whatever is still queued (the run was fenced or handed back)."""
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-        for _, fut in self._pending:
-            if fut is not None and not fut.done():
-                fut.cancel()
+        """Drop whatever is still queued and refuse what comes (fenced, finished, handed back)."""
+        if self.error is None:
+            self.error = Closed(f"run {self.run_id} attempt {self.attempt}: no longer published")
+        flusher = self._flusher
+        if flusher is not None and not flusher.done() and flusher is not asyncio.current_task():
+            flusher.cancel()  # its batch in flight gets the error too (`_flush`)
+        self._refuse(self._pending, self.error)
         self._pending.clear()
 
     async def _flush(self) -> None:
@@ -116,9 +128,7 @@ class Publisher:
                     f"run {self.run_id} attempt {self.attempt}: publish",
                 )
             except asyncio.CancelledError:
-                for _, fut in batch:
-                    if fut is not None and not fut.done():
-                        fut.cancel()
+                self._refuse(batch, self.error or Closed(f"run {self.run_id}: publisher stopped"))
                 raise
             except Exception as exc:  # not a reply: every event of the batch failed
                 results = [exc] * len(batch)
@@ -130,10 +140,16 @@ class Publisher:
                 elif fut is not None and not fut.done():
                     fut.set_result(cmd.result(res or b""))
         if self.error is not None:
-            for _, fut in self._pending:
-                if fut is not None and not fut.done():
-                    fut.set_exception(self.error)
+            self._refuse(self._pending, self.error)
             self._pending.clear()
+
+    @staticmethod
+    def _refuse(
+        entries: list[tuple[PublishCommand, asyncio.Future[Event] | None]], exc: Exception
+    ) -> None:
+        for _, fut in entries:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
 
     def _fail(self, exc: Exception) -> None:
         if self.error is not None:

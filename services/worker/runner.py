@@ -34,7 +34,8 @@ from shared.jobs import run_job_id
 from shared.workflow import get_workflow
 
 from .context import Engine
-from .outage import until_redis
+from .handback import hand_back_run
+from .outage import OUTAGE_ERRORS, until_redis
 from .run import RunHandle, describe_error
 
 __all__ = ["execute_run_job"]
@@ -59,7 +60,15 @@ async def execute_run_job(ctx: dict[str, Any], run_id: str, attempt: int) -> Non
     handle = RunHandle(engine, run_id, attempt)
     engine.runs[run_id] = handle
     try:
-        await _drive(handle)
+        if engine.closing:
+            # Claimed while this worker is stopping (the job was already on its way): the
+            # hand-back has started without it, so it goes straight back itself.
+            try:
+                await hand_back_run(engine, run_id)
+            except OUTAGE_ERRORS as exc:
+                logger.warning("run %s: not handed back (%s); the sweepers will", run_id, exc)
+        else:
+            await _drive(handle)
     finally:
         if engine.runs.get(run_id) is handle:  # a newer attempt may have landed here since
             del engine.runs[run_id]
@@ -91,6 +100,8 @@ async def _drive(handle: RunHandle) -> None:
     if handle.signals.cancel:
         await _terminal(handle, EventType.WORKFLOW_CANCELLED, "cancelled")
         return
+    if handle.abort_reason is not None:
+        return  # handed back or fenced while starting: its body must not start here
     handle.main = asyncio.create_task(_body(handle), name=f"run:{handle.run_id}")
     try:
         result = await handle.main

@@ -1,4 +1,4 @@
-"""Recovery: the sweeper (a dead worker's runs) and the hand-back (this worker stopping).
+"""Recovery: the sweeper, which gives a dead worker's runs to the pool again.
 
 Every worker sweeps, every `_SWEEP_S`, one window of at most `_BATCH` active runs (the next
 window each time, wrapping around: any number of active runs is covered at a bounded cost per
@@ -24,8 +24,8 @@ holds.
 Fast path: a run whose lease is still live but whose holder has no Redis connection left (see
 `liveness`) is reclaimed the same way, fenced on the exact lease value, without waiting for the
 TTL. After its own reconnection the sweeper gives that signal no weight until live workers have
-had time to reconnect too. Hand-back (SIGTERM) is the same move made by the holder itself, at
-once, for all its runs.
+had time to reconnect too. Hand-back (SIGTERM, `handback`) is the same move made by the holder
+itself, at once, for all its runs.
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ import asyncio
 import logging
 import time
 
-from shared.errors import Fenced, NotFound, RunFinished
-from shared.events import EventType
 from shared.jobs import run_job_id
 
 from .context import Engine
+from .handback import requeue
 from .liveness import Liveness
 from .outage import OUTAGE_ERRORS, OutageNotice
 
-__all__ = ["Sweeper", "hand_back", "sweep"]
+__all__ = ["Sweeper", "sweep"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ class Sweeper:
                 new, previous = reclaimed
                 message = f"worker {previous or '?'} lost; attempt {new} queued"
                 data = {"previous_attempt": attempt, "worker": previous, "reason": why}
-                if await _requeue(engine, rid, new, message, data):
+                if await requeue(engine, rid, new, message, data):
                     recovered += 1
         return recovered
 
@@ -194,63 +193,3 @@ async def _held_by_the_gone(
         for holder in gone
         for rid, attempt, value in holders[holder]
     ]
-
-
-async def hand_back(engine: Engine) -> None:
-    """Give every run and task this worker holds back to the pool, now."""
-    await asyncio.gather(
-        *(_hand_back_run(engine, rid) for rid in list(engine.runs)),
-        *(_hand_back_task(engine, job_id) for job_id in list(engine.tasks)),
-    )
-
-
-async def _hand_back_run(engine: Engine, run_id: str) -> None:
-    handle = engine.runs.get(run_id)
-    if handle is None:
-        return
-    attempt = handle.attempt
-    try:
-        reclaimed = await engine.leases.reclaim(
-            run_id, attempt, run_job_id(run_id, attempt), held_as=engine.leases.run_value(attempt)
-        )
-    finally:
-        handle.abort("handback")
-    if reclaimed is None:
-        return  # already fenced or finished: nothing of ours to hand back
-    new, _ = reclaimed
-    message = f"worker {engine.name} is shutting down: handed back; attempt {new} queued"
-    data = {"previous_attempt": attempt, "worker": engine.name, "reason": "shutdown"}
-    await _requeue(engine, run_id, new, message, data)
-
-
-async def _hand_back_task(engine: Engine, job_id: str) -> None:
-    execution = engine.tasks.get(job_id)
-    if execution is None:
-        return
-    try:
-        await execution.publisher.send(
-            EventType.TASK_RETRYING,
-            f"worker {engine.name} is shutting down: task handed back",
-            task=execution.name,
-            task_id=execution.task_id,
-            data={"try": execution.try_ + 1, "reason": "shutdown"},
-            wait=True,
-        )
-        await execution.enqueue_next()
-    except (Fenced, RunFinished, NotFound):
-        pass  # the run moved on or ended: nothing to hand back
-    finally:
-        execution.abort("handback")
-
-
-async def _requeue(
-    engine: Engine, run_id: str, attempt: int, message: str, data: dict[str, object]
-) -> bool:
-    try:
-        await engine.bus.publish(run_id, EventType.WORKER_LOST, message, attempt=attempt, data=data)
-    except (Fenced, RunFinished, NotFound) as exc:
-        logger.info("run %s not re-enqueued: %s", run_id, exc)
-        return False
-    await engine.queue.enqueue_run(run_id, attempt)
-    logger.warning("run %s: %s", run_id, message)
-    return True

@@ -25,7 +25,8 @@ from shared.jobs import TASK_JOB, task_job_id
 from shared.workflow import TaskContext, get_activity
 
 from .context import EngineViews
-from .outage import until_redis
+from .handback import hand_back_task
+from .outage import OUTAGE_ERRORS, until_redis
 from .publisher import Publisher
 from .run import (
     completed_message,
@@ -127,6 +128,15 @@ class TaskExecution(EngineViews):
         self.abort("fenced" if isinstance(exc, Fenced) else "finished")
 
     async def execute(self) -> None:
+        """Run the activity and commit its outcome. Once the task is not this execution's any
+        more (handed back, fenced, its run finished), whatever it was doing, it stops quietly:
+        another execution speaks for the task."""
+        try:
+            await self._execute()
+        except (Fenced, RunFinished) as exc:
+            logger.info("task %s/%s try %d stops: %s", self.run_id, self.task_id, self.try_, exc)
+
+    async def _execute(self) -> None:
         await self.publisher.send(
             EventType.TASK_STARTED,
             started_message(self.name),
@@ -143,9 +153,9 @@ class TaskExecution(EngineViews):
         except asyncio.CancelledError:
             if self.abort_reason is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 raise
-            return  # fenced or finished: another attempt owns the run now
+            return  # fenced, finished or handed back: another execution speaks for it
         except (Fenced, RunFinished):
-            return
+            raise  # not the activity's failure (see `execute`)
         except Exception as exc:
             await self._failed(exc)
             return
@@ -215,7 +225,14 @@ async def execute_task_job(
     engine.tasks[job_id] = execution
     handed_back = False
     try:
-        await execution.execute()
+        if engine.closing:
+            # Claimed while this worker is stopping: straight back to the pool (see `handback`).
+            try:
+                await hand_back_task(engine, job_id)
+            except OUTAGE_ERRORS as exc:
+                logger.warning("task %s: not handed back (%s); its run will", job_id, exc)
+        else:
+            await execution.execute()
     except asyncio.CancelledError:
         handed_back = execution.abort_reason == "handback"
         raise
