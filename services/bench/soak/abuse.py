@@ -1,9 +1,8 @@
 """Sending the abusive requests (`catalog.py`) while the load runs, spread over a window.
 
 None may get a 5xx (a 503 while the Valkey is down excepted, as everywhere). Any other answer
-than the ones a request should get, below 500, is reported as *unexpected*: a finding to read,
-not a failure by itself. So is a connection dropped without an answer while its gateway was not
-being restarted.
+than the ones a request should get, below 500, is *unexpected*: counted, and a failure. So is a
+connection dropped without an answer while its gateway was not being restarted.
 """
 
 from __future__ import annotations
@@ -93,6 +92,7 @@ class Abuse:
                 self.answers[f"{item.name} dropped"] += 1
                 self.unexpected[f"{item.name} dropped"] += 1
                 self.classes["connection dropped"] += 1
+                world.fail(f"abuse {item.name}: {gw.label} dropped the connection unanswered")
             return
         self.answers[f"{item.name} {status}"] += 1
         if status == 0:
@@ -110,6 +110,10 @@ class Abuse:
             )
         elif status not in item.ok:
             self.unexpected[f"{item.name} {status}"] += 1
+            world.fail(
+                f"abuse {item.name} got {status} from {gw.label}, expected one of "
+                f"{sorted(item.ok)}: {item.method} {item.path[:120]}: {detail[:300]!r}"
+            )
 
     async def _http(self, base: str, item: Item) -> tuple[int | None, str]:
         kwargs: dict[str, Any] = {"headers": item.headers}

@@ -330,7 +330,7 @@ def catalog(run: str, seed_run: str | None, max_body: int) -> list[Item]:
                     0.0,
                 )
             ],
-            ok=_ok(400, 431, 0),
+            ok=_ok(431),
         ),
     ]
     if seed_run is not None:
