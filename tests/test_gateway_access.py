@@ -102,6 +102,34 @@ async def test_without_credentials_every_run_route_answers_401_json(secured: Gat
         assert (await client.get("/")).status_code == 200
 
 
+PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/api/session"}
+
+
+async def test_every_route_of_the_app_checks_its_caller(secured: Gateway) -> None:
+    """Walks the app's own route table, so a route added later without `authorize` fails here."""
+    from services.gateway.app import create_app
+    from shared.settings import Settings
+
+    run = await start_run(secured)
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1"))
+    checked = 0
+    async with secured.client() as client:
+        for route in app.routes:
+            path = getattr(route, "path", "")
+            methods = getattr(route, "methods", None)
+            if not path or methods is None or path in PUBLIC:
+                continue  # the dashboard's static files are public
+            url = path.replace("{run_id}", run).replace("{id}", run).replace("{name}", "stop")
+            for method in sorted(methods - {"HEAD"}):
+                if method == "GET":
+                    status, _, _ = await stream_status(client, url)
+                else:
+                    status = (await client.request(method, url)).status_code
+                assert status == 401, (method, path, status)
+                checked += 1
+    assert checked >= 20
+
+
 async def test_a_viewer_reads_everything_and_controls_nothing(secured: Gateway) -> None:
     run = await start_run(secured)
     async with secured.client(headers=bearer(VIEWER)) as client:

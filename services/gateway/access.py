@@ -49,11 +49,13 @@ __all__ = [
     "Principal",
     "Unauthorized",
     "access_of",
+    "authenticate",
     "authorize",
     "check_exposure",
     "client_address",
     "is_https",
     "is_loopback",
+    "permit",
     "principal_of",
 ]
 
@@ -239,13 +241,25 @@ def authorize(conn: HTTPConnection, need: Need, run_id: str | None = None) -> Pr
 
     Every route calls this itself; a route that serves one run names it, so a share token for
     another run, or a share token on a route of all runs, is refused."""
+    principal = authenticate(conn)
+    permit(principal, need, run_id)
+    return principal
+
+
+def authenticate(conn: HTTPConnection) -> Principal:
+    """The caller, whatever it may do; 401 when auth is on and no valid credential came. For a
+    route that must know who calls before it can say what is asked (then `permit`)."""
     principal = access_of(conn).identify(conn)
+    conn.scope["tidings.principal"] = principal
+    return principal
+
+
+def permit(principal: Principal, need: Need, run_id: str | None = None) -> None:
+    """403 unless `principal` may do `need` (on `run_id`)."""
     if not principal.may(need, run_id):
         if principal.role == "share":
             raise Forbidden("a share token reads its own run only")
         raise Forbidden("this token may read but not control runs")
-    conn.scope["tidings.principal"] = principal
-    return principal
 
 
 def principal_of(conn: HTTPConnection) -> Principal:

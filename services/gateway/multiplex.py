@@ -33,7 +33,7 @@ from shared import codec, sse
 from shared.keys import check_run_id
 from shared.streamid import StreamId, parse_cursor
 
-from .access import Need, authorize
+from .access import Need, authenticate, permit
 from .context import gateway
 from .cursors import LifecycleCursor, RunCursor
 from .errors import BadRequest
@@ -87,16 +87,17 @@ def parse_runs(request: Request, limit: int) -> dict[str, StreamId]:
 async def streams(request: Request) -> Response:
     """Several runs' events and optionally the lifecycle feed, in one SSE response."""
     ctx = gateway(request)
+    principal = authenticate(request)  # who first: a caller without credentials learns nothing
     runs = parse_runs(request, ctx.settings.stream_max_runs)
     feeds = request.query_params.getlist("feed")
     if any(f != "runs" for f in feeds):
         raise BadRequest("the only feed is `runs`")
     if not runs and not feeds:
         raise BadRequest("name at least one `run=ID[/CURSOR]` or `feed=runs`")
-    principal = authorize(request, Need.READ) if feeds else None
+    if feeds:
+        permit(principal, Need.READ)
     for run_id in runs:
-        principal = authorize(request, Need.READ, run_id)
-    assert principal is not None
+        permit(principal, Need.READ, run_id)
     async with ctx.redis.pipeline(transaction=False) as pipe:
         for run_id in runs:
             pipe.exists(ctx.keys.run(run_id))
