@@ -7,6 +7,7 @@ from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["make_console", "print_env", "print_runs"]
 
@@ -37,13 +38,15 @@ def print_runs(runs: list[dict[str, Any]], console: Console | None = None) -> No
         table.add_column(column, no_wrap=column != "MESSAGE", overflow="fold")
     for run in runs:
         status = str(run.get("status", ""))
+        # Text, never markup: a status without a style, or a message with brackets in it, is
+        # shown as it is.
         table.add_row(
-            str(run.get("run_id", "")),
-            str(run.get("workflow", "")),
-            f"[{_STATUS_STYLE.get(status, '')}]{status}[/]" if status else "",
+            Text(str(run.get("run_id", ""))),
+            Text(str(run.get("workflow", ""))),
+            Text(status, style=_STATUS_STYLE.get(status, "")),
             f"{float(run.get('progress') or 0):.0f}%",
             str(run.get("created_at", ""))[:19].replace("T", " "),
-            str(run.get("error") or run.get("message") or "")[:60],
+            Text(str(run.get("error") or run.get("message") or "")[:60]),
         )
     console.print(table)
 
@@ -54,5 +57,5 @@ def print_env(rows: Iterable[tuple[str, str, str]], console: Console | None = No
     for column in ("VARIABLE", "DEFAULT", "MEANING"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
