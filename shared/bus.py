@@ -41,6 +41,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 from .errors import Fenced, NotFound, RunFinished, StorageFull
 from .events import LIFECYCLE_STATUS, TERMINAL_STATUSES, Event, EventType, now_iso
 from .keys import Keys
+from .settings import Settings
 from .streamid import StreamId, just_before, parse_cursor, xrange_after
 
 __all__ = ["Bus", "LogInfo", "PublishCommand", "splice_id"]
@@ -142,6 +143,22 @@ class Bus:
         self._append = redis.register_script(_APPEND)
         self._read_page = redis.register_script(_READ_PAGE)
         self.max_event_bytes = max_event_bytes
+
+    @classmethod
+    def from_settings(
+        cls, redis: Redis, keys: Keys, settings: Settings, *, wait_for_storage: bool = False
+    ) -> Bus:
+        """A bus with the log length, event size and retention of `settings`. With
+        `wait_for_storage` (workers) a write refused by a full Redis is sent again for up to
+        `storage_full_wait_s`; without (the gateway, which answers 503) it fails at once."""
+        return cls(
+            redis,
+            keys,
+            maxlen=settings.events_maxlen,
+            max_event_bytes=settings.max_event_bytes,
+            retention_ms=settings.retention * 1000,
+            storage_wait_s=settings.storage_full_wait_s if wait_for_storage else 0.0,
+        )
 
     def command(
         self,

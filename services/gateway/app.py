@@ -89,13 +89,7 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
     assert settings.redis_url
     redis = connect(settings.redis_url)
     keys = Keys(settings.namespace)
-    bus = Bus(
-        redis,
-        keys,
-        maxlen=settings.events_maxlen,
-        max_event_bytes=settings.max_event_bytes,
-        retention_ms=settings.retention * 1000,
-    )
+    bus = Bus.from_settings(redis, keys, settings)
     stats = Stats()
     limits = ViewerLimits(
         buffer_events=settings.viewer_buffer,

@@ -58,14 +58,7 @@ class Engine:
     @classmethod
     def build(cls, settings: Settings, redis: Redis, name: str | None = None) -> Engine:
         keys = Keys(settings.namespace)
-        bus = Bus(
-            redis,
-            keys,
-            maxlen=settings.events_maxlen,
-            max_event_bytes=settings.max_event_bytes,
-            retention_ms=settings.retention * 1000,
-            storage_wait_s=settings.storage_full_wait_s,
-        )
+        bus = Bus.from_settings(redis, keys, settings, wait_for_storage=True)
         name = name or worker_name()
         return cls(
             settings=settings,

@@ -67,17 +67,6 @@ async def control_for(handle: object) -> AsyncIterator[Control]:
     redis = connect(settings.redis_url)
     try:
         keys = Keys(settings.namespace)
-        yield Control(
-            redis,
-            keys,
-            Bus(
-                redis,
-                keys,
-                maxlen=settings.events_maxlen,
-                max_event_bytes=settings.max_event_bytes,
-                retention_ms=settings.retention * 1000,
-            ),
-            settings,
-        )
+        yield Control(redis, keys, Bus.from_settings(redis, keys, settings), settings)
     finally:
         await redis.aclose()
