@@ -8,6 +8,7 @@ should stop it from starting.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -246,6 +247,17 @@ class Settings(BaseModel):
     @classmethod
     def _check_tokens(cls, value: str | None) -> str | None:
         parse_auth_tokens(value)
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        for n, item in enumerate(value.split(","), 1):
+            if item.strip():
+                try:
+                    ipaddress.ip_network(item.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(f"entry {n} is not an address or a CIDR") from None
         return value
 
     @property

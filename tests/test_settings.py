@@ -71,3 +71,10 @@ def test_auth_tokens_parse_into_roles() -> None:
         {"TIDINGS_AUTH_TOKENS": "admin:0123456789abcdef, viewer:fedcba9876543210"}
     )
     assert s.auth_pairs == [("admin", "0123456789abcdef"), ("viewer", "fedcba9876543210")]
+
+
+def test_trusted_proxies_must_be_addresses_or_cidrs() -> None:
+    ok = Settings.from_env({"TIDINGS_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8,,::1"})
+    assert ok.trusted_proxies.startswith("127.0.0.1")
+    with pytest.raises(ValueError, match=r"TIDINGS_TRUSTED_PROXIES: .*entry 2"):
+        Settings.from_env({"TIDINGS_TRUSTED_PROXIES": "127.0.0.1,nginx"})

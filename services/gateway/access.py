@@ -107,7 +107,8 @@ class Networks:
     """A comma-separated list of addresses and CIDRs, for membership tests."""
 
     def __init__(self, spec: str) -> None:
-        self.nets = [ipaddress.ip_network(p.strip(), strict=False) for p in spec.split(",") if p]
+        parts = [p.strip() for p in spec.split(",")]
+        self.nets = [ipaddress.ip_network(p, strict=False) for p in parts if p]
 
     def __contains__(self, address: str) -> bool:
         try:
