@@ -49,7 +49,7 @@ def host_name(host: str) -> str:
 class Edge:
     """ASGI wrapper applying the host, origin, CORS and header policy of `settings`.
 
-    The streaming lane (`lane.py`) applies the same policy through `screen` and `headers`
+    The streaming lane (`lane.py`) applies the same policy through `screen` and `add_headers`
     without a wrapper, so an open event stream keeps no frame of this class."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
