@@ -41,8 +41,9 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 from .errors import Fenced, NotFound, RunFinished, StorageFull
 from .events import LIFECYCLE_STATUS, TERMINAL_STATUSES, Event, EventType, now_iso
 from .keys import Keys
+from .log import LogInfo, entry_field, info_of, splice_id
 from .settings import Settings
-from .streamid import StreamId, just_before, parse_cursor, xrange_after
+from .streamid import StreamId, parse_cursor, xrange_after
 
 __all__ = ["Bus", "LogInfo", "PublishCommand", "splice_id"]
 
@@ -67,11 +68,6 @@ _READ_PAGE = resources.files(__package__).joinpath("read_page.lua").read_text()
 Outcome = bytes | None | Exception  # a script reply for one event, None = not written (checkpoint)
 
 
-def splice_id(entry_id: bytes, stored: bytes) -> bytes:
-    """`{"seq":…}` from the log + its entry ID → `{"id":"…","seq":…}`, the published form."""
-    return b'{"id":"' + entry_id + b'",' + stored[1:]
-
-
 @dataclass(frozen=True, slots=True)
 class PublishCommand:
     """One prepared event: its fields, and its part of the script's arguments."""
@@ -90,34 +86,6 @@ class PublishCommand:
         return Event.model_construct(
             **self.fields, id=entry_id.decode(), seq=int(seq), progress=float(progress)
         )
-
-
-@dataclass(frozen=True, slots=True)
-class LogInfo:
-    """What a replay needs to know about a run's log before it starts."""
-
-    length: int
-    first_id: StreamId | None
-    last_id: StreamId | None
-    # Entries ever added; minus `length`, the number trimmed away (Tidings never XDELs).
-    added: int
-    # The run record's `status` and `last_event_id` from the same snapshot, when asked for.
-    run_status: bytes | None = None
-    run_last_event_id: bytes | None = None
-
-    @property
-    def trimmed(self) -> int:
-        return self.added - self.length
-
-    def has_gap_after(self, cursor: StreamId) -> bool:
-        """Did trimming remove events the holder of `cursor` has not seen?
-
-        Conservative: a cursor exactly at the last trimmed entry also counts (the stream does not
-        remember that entry's ID); the holder then gets a harmless resync, never a silent gap.
-        `just_before(first_id)`, where a resync leaves its holder, does not.
-        """
-        first = self.first_id
-        return self.trimmed > 0 and first is not None and cursor < just_before(first)
 
 
 class Bus:
@@ -387,9 +355,11 @@ class Bus:
         start, end = xrange_after(after)
         keys = [self.keys.events(run_id), self.keys.run(run_id)]
         raw, info, record = await self._read_page(keys=keys, args=[start, end, count, max_bytes])
-        page = [(parse_cursor(eid), splice_id(eid, _field(fields, b"e"))) for eid, fields in raw]
+        page = [
+            (parse_cursor(eid), splice_id(eid, entry_field(fields, b"e"))) for eid, fields in raw
+        ]
         # No stream yet: nothing logged, nothing trimmed.
-        log = _log_info(info) if info else LogInfo(0, None, None, 0)
+        log = info_of(info) if info else LogInfo(0, None, None, 0)
         return page, replace(log, run_status=record[0], run_last_event_id=record[1])
 
     async def events(self, run_id: str, after: StreamId = (0, 0), limit: int = 500) -> list[Event]:
@@ -402,7 +372,7 @@ class Bus:
             info = await self.redis.execute_command("XINFO", "STREAM", key)  # type: ignore[no-untyped-call]
         except ResponseError:  # no such key: nothing logged yet
             return LogInfo(0, None, None, 0)
-        return _log_info(info)
+        return info_of(info)
 
     def append(self, run_id: str, key: str, value: str, *, client: Any = None) -> Any:
         """RPUSH `value` to `key`, one of the run's lists, unless the run is gone; a list that
@@ -410,39 +380,6 @@ class Bus:
         (a signal, a task's doorbell) cannot outlive the run. Awaitable; queued into `client`
         (a pipeline) when given."""
         return self._append(keys=[self.keys.run(run_id), key], args=[value], client=client)
-
-
-def _field(fields: Any, name: bytes) -> bytes:
-    """A field of a stream entry as a script returns it (a flat list, not a dict)."""
-    if isinstance(fields, dict):
-        value: bytes = fields[name]
-        return value
-    for i in range(0, len(fields) - 1, 2):
-        if fields[i] == name:
-            found: bytes = fields[i + 1]
-            return found
-    raise KeyError(name)
-
-
-def _log_info(info: Any) -> LogInfo:
-    # redis-py may or may not have turned the reply into a dict; normalise to str keys.
-    if not isinstance(info, dict):
-        info = dict(zip(info[::2], info[1::2], strict=True))
-    norm = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
-
-    def entry_id(entry: Any) -> StreamId | None:
-        if not entry:
-            return None
-        eid = entry[0] if isinstance(entry, list | tuple) else entry
-        return parse_cursor(eid)
-
-    length = int(norm.get("length", 0))
-    return LogInfo(
-        length=length,
-        first_id=entry_id(norm.get("first-entry")),
-        last_id=entry_id(norm.get("last-entry")),
-        added=int(norm.get("entries-added", length)),
-    )
 
 
 def _outcomes(group: list[PublishCommand], reply: Any) -> list[Outcome]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from redis.exceptions import ConnectionError as RedisConnectionError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from shared.bus import Bus
@@ -39,6 +39,7 @@ from .fanout import Hub
 from .lane import StreamLane
 from .limits import Admission
 from .metrics import Gauges, Stats, make_registry
+from .openapi import openapi
 from .presence import Presence
 from .source import PubSubSource
 from .stream_runs import StreamRuns
@@ -59,6 +60,7 @@ def create_app(settings: Settings, *, frontend: Path | None = FRONTEND_DIR) -> S
         raise ValueError("the gateway needs a Redis: set REDIS_URL")
     routes: list[BaseRoute] = [
         *stream_routes.routes,
+        Route("/openapi.json", openapi, methods=["GET"]),
         *run_routes.routes,
         *session_routes.routes,
         *compat.routes,

@@ -29,8 +29,8 @@ from .access import (
     authorize,
     is_https,
 )
+from .bodies import parse_model, read_json
 from .context import gateway
-from .run_routes import parse_model, read_json
 
 __all__ = ["routes"]
 

@@ -27,8 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from services.gateway.access import Need, authorize
+from services.gateway.bodies import parse_model, read_json
 from services.gateway.limits import start_limited
-from services.gateway.run_routes import control_of, parse_model, read_json
+from services.gateway.run_routes import control_of
 from services.gateway.streaming import stream_run
 from shared import codec
 from shared.errors import Conflict, NotFound

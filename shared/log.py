@@ -1,0 +1,80 @@
+"""A run's event log as a replay reads it: its shape (`LogInfo`) and its entries' published form.
+
+Entries are stored without their own `id` (the entry ID is the id); `splice_id` puts it back when
+replaying, as bytes, without parsing the JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .streamid import StreamId, just_before, parse_cursor
+
+__all__ = ["LogInfo", "entry_field", "info_of", "splice_id"]
+
+
+def splice_id(entry_id: bytes, stored: bytes) -> bytes:
+    """`{"seq":…}` from the log + its entry ID → `{"id":"…","seq":…}`, the published form."""
+    return b'{"id":"' + entry_id + b'",' + stored[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class LogInfo:
+    """What a replay needs to know about a run's log before it starts."""
+
+    length: int
+    first_id: StreamId | None
+    last_id: StreamId | None
+    # Entries ever added; minus `length`, the number trimmed away (Tidings never XDELs).
+    added: int
+    # The run record's `status` and `last_event_id` from the same snapshot, when asked for.
+    run_status: bytes | None = None
+    run_last_event_id: bytes | None = None
+
+    @property
+    def trimmed(self) -> int:
+        return self.added - self.length
+
+    def has_gap_after(self, cursor: StreamId) -> bool:
+        """Did trimming remove events the holder of `cursor` has not seen?
+
+        Conservative: a cursor exactly at the last trimmed entry also counts (the stream does not
+        remember that entry's ID); the holder then gets a harmless resync, never a silent gap.
+        `just_before(first_id)`, where a resync leaves its holder, does not.
+        """
+        first = self.first_id
+        return self.trimmed > 0 and first is not None and cursor < just_before(first)
+
+
+def entry_field(fields: Any, name: bytes) -> bytes:
+    """A field of a stream entry as a script returns it (a flat list, not a dict)."""
+    if isinstance(fields, dict):
+        value: bytes = fields[name]
+        return value
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name:
+            found: bytes = fields[i + 1]
+            return found
+    raise KeyError(name)
+
+
+def info_of(info: Any) -> LogInfo:
+    # redis-py may or may not have turned the reply into a dict; normalise to str keys.
+    if not isinstance(info, dict):
+        info = dict(zip(info[::2], info[1::2], strict=True))
+    norm = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
+
+    def entry_id(entry: Any) -> StreamId | None:
+        if not entry:
+            return None
+        eid = entry[0] if isinstance(entry, list | tuple) else entry
+        return parse_cursor(eid)
+
+    length = int(norm.get("length", 0))
+    return LogInfo(
+        length=length,
+        first_id=entry_id(norm.get("first-entry")),
+        last_id=entry_id(norm.get("last-entry")),
+        added=int(norm.get("entries-added", length)),
+    )
