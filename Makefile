@@ -20,9 +20,16 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# mypy cannot follow pyproject's package-dir (shared/ is `tidings`, services/ is
+# `tidings.services`), so it reads the folders through links named as they are imported.
+TYPECHECK := $(VENV)/typecheck/tidings
+
 check: $(STAMP)
 	$(BIN)/ruff check shared services tests
 	$(BIN)/ruff format --check shared services tests
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)
+	for f in shared/*; do ln -s "$(CURDIR)/$$f" $(TYPECHECK)/; done
+	ln -s "$(CURDIR)/services" $(TYPECHECK)/services
 	$(BIN)/mypy
 
 fmt: $(STAMP)
@@ -34,7 +41,7 @@ bench: $(STAMP)
 
 # The long fault-and-abuse soak (a few minutes); `make test` runs the short one.
 soak: $(STAMP)
-	$(BIN)/python -m services.bench.soak --profile long $(SOAK_ARGS)
+	$(BIN)/python -m tidings.services.bench.soak --profile long $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

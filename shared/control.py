@@ -11,7 +11,7 @@ Decisions:
   pause" is decided by what was asked, not only by its status: the status becomes `paused` (and
   `running` again) only at the workflow's next step boundary, and is `queued` while the run is
   handed to another worker, so the last pause/resume in the signal list wins, and the status only
-  speaks when neither was ever sent (`shared.signals`, the worker's own fold). A pause then a
+  speaks when neither was ever sent (`tidings.signals`, the worker's own fold). A pause then a
   quick resume are thus both accepted and the run ends up running, never paused for good.
 - The `signal_received` event is published first (its script refuses a finished run
   atomically), then the signal is appended to the run's signal list and the workers' doorbell

@@ -54,7 +54,7 @@ class InvalidInput(TidingsError):
 
     def __init__(self, message: str, errors: Iterable[Mapping[str, Any]] | None = None) -> None:
         super().__init__(message)
-        # The values echoed back are cut short and always encodable (`shared.echo`).
+        # The values echoed back are cut short and always encodable (`tidings.echo`).
         self.errors = echo_errors(errors or ())
 
     @classmethod

@@ -39,7 +39,7 @@ enters the run in `<ns>:expiring`; entries that fall due are dropped from `<ns>:
 finish, by `tidings prune`, and by any listing that meets a run whose record is gone.
 
 arq keeps its own per-job keys outside the namespace, named by job id (`run:{ID}:{attempt}`,
-`task:{ID}:{TID}:{attempt}.{try}`, see `shared.jobs`): `arq:job:<job id>` (the JSON payload),
+`task:{ID}:{TID}:{attempt}.{try}`, see `tidings.jobs`): `arq:job:<job id>` (the JSON payload),
 `arq:in-progress:<job id>` and `arq:retry:<job id>`, all short-lived.
 """
 

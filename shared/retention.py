@@ -1,7 +1,7 @@
 """Retention by hand: `tidings prune` removes finished runs now, and whatever was left behind.
 
 Redis expires a finished run by itself: the publish script gives every key of the run the
-retention TTL together with its terminal event (`TIDINGS_RETENTION`, `shared.bus`). Prune is for
+retention TTL together with its terminal event (`TIDINGS_RETENTION`, `tidings.bus`). Prune is for
 the rest:
 
 - finished runs older than a given age (shorter than the retention, or any age when runs are

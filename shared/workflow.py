@@ -235,4 +235,4 @@ def get_activity(name: str) -> ActivityDef:
 
 def _load_builtin() -> None:
     """The shipped workflows register themselves on import."""
-    import services.workflows  # noqa: F401
+    import tidings.services.workflows  # noqa: F401

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.embedded import EmbeddedValkey
-from shared.keys import Keys
-from shared.redis import connect
-from shared.runs import RunStore
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.embedded import EmbeddedValkey
+from tidings.keys import Keys
+from tidings.redis import connect
+from tidings.runs import RunStore
+from tidings.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

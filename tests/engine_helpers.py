@@ -9,10 +9,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.events import Event, EventType
-from shared.jobs import workers_listening
-from shared.keys import Keys
+from tidings.bus import Bus
+from tidings.events import Event, EventType
+from tidings.jobs import workers_listening
+from tidings.keys import Keys
 
 TEST_WORKFLOWS = {"TIDINGS_TEST_WORKFLOWS": "tests.workflows_for_tests"}
 FAST_LEASES = {"lease_ttl_ms": 1000, "lease_refresh_ms": 200}
@@ -29,7 +29,9 @@ async def start_workers(
 ) -> list[subprocess.Popen[bytes]]:
     """`n` worker processes, returned once all of them listen on the doorbell."""
     env = {**settings_env(**settings), **TEST_WORKFLOWS}
-    procs = [processes.python("services.worker", env=env, name=f"worker{i}") for i in range(n)]
+    procs = [
+        processes.python("tidings.services.worker", env=env, name=f"worker{i}") for i in range(n)
+    ]
     await until(lambda: listening(redis, keys, n), what=f"{n} workers listening", procs=procs)
     return procs
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.sse import SSEMessage, SSEParser
+from tidings.sse import SSEMessage, SSEParser
 
 __all__ = ["Stack", "free_port", "running_stack", "stack"]
 
@@ -95,8 +95,8 @@ async def running_stack(
     env = settings_env(
         **{"port": port, "llm_token_delay_ms": 1, "log_level": "warning", **settings}
     )
-    gateway = processes.python("services.gateway", env=env, name="gateway")
-    worker = processes.python("services.worker", env=env, name="worker")
+    gateway = processes.python("tidings.services.gateway", env=env, name="gateway")
+    worker = processes.python("tidings.services.worker", env=env, name="worker")
 
     def logs() -> str:
         return "\n".join(

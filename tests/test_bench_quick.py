@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from services.bench import crowd_client
-from services.bench.harness import percentile
-from services.bench.runner import BENCHMARKS
-from services.bench.workflows import EMIT
-from shared.workflow import get_workflow
 from tests.conftest import ROOT
+from tidings.services.bench import crowd_client
+from tidings.services.bench.harness import percentile
+from tidings.services.bench.runner import BENCHMARKS
+from tidings.services.bench.workflows import EMIT
+from tidings.workflow import get_workflow
 
 pytestmark = pytest.mark.slow
 
-_BENCH = [sys.executable, "-m", "services.cli", "bench", "--quick"]
+_BENCH = [sys.executable, "-m", "tidings.services.cli", "bench", "--quick"]
 
 
 def _bench(tmp_path: Path, names: list[str], timeout: float) -> tuple[str, dict[str, Any]]:
@@ -141,7 +141,7 @@ async def test_crowd_viewer_counts_each_event_once_however_the_stream_is_split()
 
 def test_bench_rejects_an_unknown_benchmark() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "bench", "--only", "nope"],
+        [sys.executable, "-m", "tidings.services.cli", "bench", "--only", "nope"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -155,12 +155,12 @@ def test_the_bench_workflow_is_registered_for_the_benchmark_only() -> None:
     definition = get_workflow(EMIT)
     assert definition.Input.model_validate({"n": 5}).model_dump() == {"n": 5}
     assert "publish" in BENCHMARKS
-    # The shipped catalog does not list it: only importing services.bench registers it.
+    # The shipped catalog does not list it: only importing tidings.services.bench registers it.
     listed = subprocess.run(
         [
             sys.executable,
             "-c",
-            "from shared.workflow import WORKFLOWS, get_workflow; get_workflow('research'); "
+            "from tidings.workflow import WORKFLOWS, get_workflow; get_workflow('research'); "
             "print(sorted(WORKFLOWS))",
         ],
         capture_output=True,

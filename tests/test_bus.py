@@ -8,11 +8,11 @@ import json
 import pytest
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.errors import Fenced, NotFound, RunFinished
-from shared.events import Event, EventType, RunStatus
-from shared.keys import Keys
-from shared.runs import RunStore
+from tidings.bus import Bus
+from tidings.errors import Fenced, NotFound, RunFinished
+from tidings.events import Event, EventType, RunStatus
+from tidings.keys import Keys
+from tidings.runs import RunStore
 
 
 async def test_publish_appends_announces_and_updates_the_run(
@@ -149,8 +149,8 @@ async def test_read_pages_after_a_cursor(bus: Bus, store: RunStore) -> None:
 async def test_schema_is_stamped_once_and_a_foreign_version_refused(
     redis: Redis, keys: Keys
 ) -> None:
-    from shared.keys import SCHEMA_VERSION
-    from shared.runs import ensure_schema
+    from tidings.keys import SCHEMA_VERSION
+    from tidings.runs import ensure_schema
 
     await ensure_schema(redis, keys)
     await ensure_schema(redis, keys)  # idempotent
@@ -231,15 +231,15 @@ async def test_batches_of_several_runs_keep_each_runs_order(bus: Bus, store: Run
 
 @pytest.mark.parametrize("raw", ["99999999999999999999-0", "1-99999999999999999999", "²", "1-²"])
 def test_cursor_out_of_range_or_not_ascii_is_a_bad_cursor(raw: str) -> None:
-    from shared.errors import BadCursor
-    from shared.streamid import parse_cursor
+    from tidings.errors import BadCursor
+    from tidings.streamid import parse_cursor
 
     with pytest.raises(BadCursor):
         parse_cursor(raw)
 
 
 def test_largest_stream_id_is_a_cursor() -> None:
-    from shared.streamid import parse_cursor
+    from tidings.streamid import parse_cursor
 
     top = 2**64 - 1
     assert parse_cursor(f"{top}-{top}") == (top, top)
@@ -248,7 +248,7 @@ def test_largest_stream_id_is_a_cursor() -> None:
 async def test_concurrent_creates_of_one_id_make_one_run_and_one_conflict(
     store: RunStore, bus: Bus
 ) -> None:
-    from shared.errors import Conflict
+    from tidings.errors import Conflict
 
     first = await store.create("demo", None, run_id="same-id")
     await bus.publish("same-id", EventType.WORKFLOW_STARTED)
@@ -289,7 +289,7 @@ async def test_read_page_of_a_run_with_no_log_yet(bus: Bus, store: RunStore) -> 
 async def test_the_position_a_resync_hands_out_has_no_gap(
     redis: Redis, keys: Keys, store: RunStore
 ) -> None:
-    from shared.streamid import just_before
+    from tidings.streamid import just_before
 
     bus = Bus(redis, keys, maxlen=10)
     run = await store.create("demo", None)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from shared.embedded import free_port
 from tests.conftest import ROOT, Processes
+from tidings.embedded import free_port
 
-CLI = [sys.executable, "-m", "services.cli"]
+CLI = [sys.executable, "-m", "tidings.services.cli"]
 QUICK_MONTY = {"min_sleep_s": 0.05, "max_sleep_s": 0.1, "max_iterations": 2}
 ENDLESS_MONTY = {"min_sleep_s": 30, "max_sleep_s": 30}
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from services.cli import main
-from services.cli.main import build_parser
 from tests.conftest import ROOT
+from tidings.services.cli import main
+from tidings.services.cli.main import build_parser
 
 DEPLOY = ROOT / "deploy"
 
@@ -125,7 +125,7 @@ def test_procfile_commands_are_real_cli_commands(name: str) -> None:
     exec_, *argv = shlex.split(_procfile()[name].replace("${PORT:-8000}", "5000"))
     assert exec_ == "exec" and argv[0] == "tidings" and argv[1] in _subcommands()
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", *argv[1:], "--help"],
+        [sys.executable, "-m", "tidings.services.cli", *argv[1:], "--help"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from services.cli.tables import make_console, print_env, print_runs
+from tidings.services.cli.tables import make_console, print_env, print_runs
 
 
 def _printed(runs: list[dict[str, object]]) -> str:

@@ -18,12 +18,12 @@ import psutil
 import pytest
 from redis import Redis
 
-from shared.embedded import free_port
 from tests.conftest import ROOT, Processes
+from tidings.embedded import free_port
 
 pytestmark = pytest.mark.slow
 
-CLI = [sys.executable, "-m", "services.cli"]
+CLI = [sys.executable, "-m", "tidings.services.cli"]
 _ONE_ITERATION = {"min_sleep_s": 0.05, "max_sleep_s": 0.05, "max_iterations": 1}
 
 
@@ -104,7 +104,7 @@ def _worker_pids(children: list[psutil.Process]) -> set[int]:
     pids = set()
     for child in children:
         try:
-            if "services.worker" in " ".join(child.cmdline()):
+            if "tidings.services.worker" in " ".join(child.cmdline()):
                 pids.add(child.pid)
         except psutil.NoSuchProcess:  # also a zombie not reaped yet
             continue

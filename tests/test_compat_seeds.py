@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.sse import SSEMessage
 from tests.test_api_helpers import Stack, stack
+from tidings.sse import SSEMessage
 
 __all__ = ["stack"]
 

@@ -18,8 +18,6 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, Request, expect
 
-from services.gateway.access import Access
-from shared.settings import Settings
 from tests.test_api_helpers import Stack, running_stack
 from tests.test_dashboard_a11y import contrast
 from tests.test_dashboard_support import (
@@ -32,6 +30,8 @@ from tests.test_dashboard_support import (
     wait_for,
     watched_pages,
 )
+from tidings.services.gateway.access import Access
+from tidings.settings import Settings
 
 __all__ = ["browser", "pages", "stack"]  # fixtures used by this module
 

@@ -13,12 +13,12 @@ import pytest
 from playwright.async_api import Page, expect
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
 from tests.test_api_helpers import Stack
 from tests.test_dashboard_support import Pages, browser, open_page, pages, shot, stack
+from tidings.bus import Bus
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
 
 __all__ = ["browser", "pages", "stack"]  # fixtures used by this module
 

@@ -21,11 +21,11 @@ import psutil
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page
 
-from services.gateway.dashboard import SECURITY_HEADERS
 from tests.test_api_helpers import Stack, running_stack
 
 # Importing the support module skips this one where there is no Chromium (and fails under CI).
 from tests.test_dashboard_support import browser
+from tidings.services.gateway.dashboard import SECURITY_HEADERS
 
 __all__ = ["browser"]  # a fixture used by this module
 
@@ -378,13 +378,13 @@ async def test_tabs_resume_from_their_cursors_after_the_gateway_restarts(
     page, _ = await open_tab(context, stack, run)
     await wait_events(page, run, 3)
 
-    gateway = next(p for p in processes.procs if "services.gateway" in p.args)
+    gateway = next(p for p in processes.procs if "tidings.services.gateway" in p.args)
     gateway.terminate()
     await asyncio.to_thread(gateway.wait, 15)
     await page.wait_for_function(
         "(k) => window.seen.runs[k].states.includes('reconnecting')", arg=f"main:{run}"
     )
-    processes.python("services.gateway", env=stack.env, name="gateway")
+    processes.python("tidings.services.gateway", env=stack.env, name="gateway")
     before = len((await seen(page, run))["seqs"])
     await wait_events(page, run, before + 3)  # the run went on meanwhile; so does the tab
 

@@ -26,12 +26,12 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.embedded import free_port
-from shared.events import EventType
 from tests.conftest import ROOT, Processes
 from tests.test_gateway_support import Gateway, RawStream, wait_for
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.embedded import free_port
+from tidings.events import EventType
 
 NGINX = Path("/usr/sbin/nginx")
 if not NGINX.exists():

@@ -22,12 +22,12 @@ import psutil
 import pytest
 from redis.asyncio import Redis
 
-from shared.embedded import EmbeddedValkey, free_port
-from shared.jobs import job_key, run_job_id, workers_listening
-from shared.keys import Keys
-from shared.redis import connect
 from tests.conftest import ROOT, Processes
 from tests.engine_helpers import until
+from tidings.embedded import EmbeddedValkey, free_port
+from tidings.jobs import job_key, run_job_id, workers_listening
+from tidings.keys import Keys
+from tidings.redis import connect
 
 pytestmark = pytest.mark.slow
 

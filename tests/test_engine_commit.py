@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.errors import Fenced, RunFinished
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
+from tidings.bus import Bus
+from tidings.errors import Fenced, RunFinished
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
 
 
 async def test_publish_once_commits_and_announces_exactly_once(

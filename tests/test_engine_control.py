@@ -1,4 +1,4 @@
-"""shared.control.Control against a real server (no workers needed)."""
+"""tidings.control.Control against a real server (no workers needed)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401  (registers the test workflows)
-from shared.bus import Bus
-from shared.control import Control
-from shared.errors import BadCursor, Conflict, InvalidInput, NotFound
-from shared.events import EventType, RunStatus
-from shared.jobs import RUN_JOB, job_key, run_job_id
-from shared.keys import Keys
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.errors import BadCursor, Conflict, InvalidInput, NotFound
+from tidings.events import EventType, RunStatus
+from tidings.jobs import RUN_JOB, job_key, run_job_id
+from tidings.keys import Keys
 
 
 async def test_start_records_the_run_and_enqueues_a_json_job(
@@ -128,7 +128,7 @@ async def test_state_of_unknown_run_is_not_found(control: Control) -> None:
 async def test_a_malformed_history_cursor_is_a_bad_cursor_not_a_crash(
     control: Control, before: str
 ) -> None:
-    from shared.errors import BadCursor
+    from tidings.errors import BadCursor
 
     with pytest.raises(BadCursor):
         await control.list_runs(before=before)

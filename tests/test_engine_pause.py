@@ -15,14 +15,14 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401  (registers the test workflows)
-from shared import codec
-from shared.bus import Bus
-from shared.control import Control
-from shared.errors import Conflict
-from shared.events import EventType, RunStatus
-from shared.keys import Keys
-from shared.signals import fold_signals
 from tests.engine_helpers import all_events, of_type, until, wait_event, wait_terminal
+from tidings import codec
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.errors import Conflict
+from tidings.events import EventType, RunStatus
+from tidings.keys import Keys
+from tidings.signals import fold_signals
 
 
 async def _running(control: Control, bus: Bus) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import tests.workflows_for_tests  # noqa: F401
-from shared.bus import Bus
-from shared.control import Control
-from shared.events import Event, EventType
 from tests.engine_helpers import all_events, of_type, wait_terminal
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.events import Event, EventType
 
 
 def _messages(events: list[Event], type: EventType, task: str) -> list[str]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from services.worker.publisher import Publisher
-from services.worker.signals import SignalBox
-from shared import codec
-from shared.bus import Bus
-from shared.errors import Fenced
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
+from tidings import codec
+from tidings.bus import Bus
+from tidings.errors import Fenced
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
+from tidings.services.worker.publisher import Publisher
+from tidings.services.worker.signals import SignalBox
 
 
 async def _push(redis: Redis, keys: Keys, run_id: str, name: str, **payload: object) -> None:

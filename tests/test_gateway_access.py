@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.embedded import free_port
 from tests.conftest import ROOT, Processes
 from tests.test_gateway_support import Gateway, GatewayFactory
+from tidings.embedded import free_port
 
 ADMIN = "adm-0123456789abcdef-secret"
 VIEWER = "vwr-0123456789abcdef-secret"
@@ -107,8 +107,8 @@ PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/api/session"}
 
 async def test_every_route_of_the_app_checks_its_caller(secured: Gateway) -> None:
     """Walks the app's own route table, so a route added later without `authorize` fails here."""
-    from services.gateway.app import create_app
-    from shared.settings import Settings
+    from tidings.services.gateway.app import create_app
+    from tidings.settings import Settings
 
     run = await start_run(secured)
     app = create_app(Settings(redis_url="redis://127.0.0.1:1"))
@@ -250,7 +250,9 @@ async def test_tokens_never_reach_the_gateway_log(secured: Gateway) -> None:
 
 
 def _gateway_exit(processes: Processes, env: dict[str, str], *args: str) -> tuple[int, str]:
-    proc = processes.start([sys.executable, "-m", "services.cli", "gateway", *args], env=env)
+    proc = processes.start(
+        [sys.executable, "-m", "tidings.services.cli", "gateway", *args], env=env
+    )
     try:
         code = proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
@@ -379,7 +381,7 @@ async def test_every_response_says_nosniff_and_carries_a_policy(open_gateway: Ga
 async def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "tidings.services.cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

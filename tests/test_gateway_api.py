@@ -15,19 +15,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from services.gateway.app import FRONTEND_DIR
-from services.gateway.errors import BodyLimitMiddleware, exception_handlers
-from shared.bus import Bus
-from shared.embedded import free_port
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
 from tests.test_gateway_support import (
     Gateway,
     GatewayFactory,
     events_of,
     wait_for,
 )
+from tidings.bus import Bus
+from tidings.embedded import free_port
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
+from tidings.services.gateway.app import FRONTEND_DIR
+from tidings.services.gateway.errors import BodyLimitMiddleware, exception_handlers
 
 JSON = {"Accept": "application/json"}
 

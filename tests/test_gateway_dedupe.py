@@ -14,16 +14,16 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from services.gateway.cursors import RunCursor
-from services.gateway.fanout import Hub
-from services.gateway.metrics import Stats
-from services.gateway.source import SourceEvents
-from services.gateway.viewer import Viewer, ViewerLimits
-from shared.bus import LogInfo
-from shared.keys import Keys
-from shared.settings import Settings
-from shared.sse import SSEParser
-from shared.streamid import StreamId
+from tidings.bus import LogInfo
+from tidings.keys import Keys
+from tidings.services.gateway.cursors import RunCursor
+from tidings.services.gateway.fanout import Hub
+from tidings.services.gateway.metrics import Stats
+from tidings.services.gateway.source import SourceEvents
+from tidings.services.gateway.viewer import Viewer, ViewerLimits
+from tidings.settings import Settings
+from tidings.sse import SSEParser
+from tidings.streamid import StreamId
 
 RUN = "dedupe-run"
 

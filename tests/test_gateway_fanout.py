@@ -9,10 +9,6 @@ from collections.abc import Awaitable, Callable
 import psutil  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
 from tests.test_gateway_support import (
     Gateway,
     GatewayFactory,
@@ -20,6 +16,10 @@ from tests.test_gateway_support import (
     events_of,
     wait_for,
 )
+from tidings.bus import Bus
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
 
 
 async def test_500_viewers_receive_the_identical_gapless_sequence_and_the_end(

@@ -17,15 +17,15 @@ import pytest
 import uvicorn
 from redis.asyncio import Redis
 
-from services.gateway.app import asgi_app, create_app
-from services.gateway.fastpath import EXTENSION, HttpToolsProtocol, stream_transport
-from shared.bus import Bus
-from shared.embedded import free_port
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
-from shared.settings import Settings
 from tests.test_gateway_support import GatewayFactory, RawStream, events_of, wait_for
+from tidings.bus import Bus
+from tidings.embedded import free_port
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
+from tidings.services.gateway.app import asgi_app, create_app
+from tidings.services.gateway.fastpath import EXTENSION, HttpToolsProtocol, stream_transport
+from tidings.settings import Settings
 
 
 async def test_live_events_reach_quiet_viewers_by_direct_writes_with_valid_chunking(

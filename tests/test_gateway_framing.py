@@ -14,12 +14,12 @@ import json
 import pytest
 from redis.asyncio import Redis
 
-from services.gateway.messages import event_message, frame
-from shared.bus import splice_id
-from shared.keys import Keys
-from shared.runs import RunStore
-from shared.sse import SSEParser
 from tests.test_gateway_support import GatewayFactory
+from tidings.bus import splice_id
+from tidings.keys import Keys
+from tidings.runs import RunStore
+from tidings.services.gateway.messages import event_message, frame
+from tidings.sse import SSEParser
 
 
 def _stored(run_id: str, seq: int, message: str, sep: str = "\n") -> bytes:

@@ -36,17 +36,17 @@ from schemathesis.specs.openapi.checks import (
 from starlette.applications import Starlette
 from starlette.routing import Match, Route
 
-from services.gateway.app import create_app
-from shared import codec
-from shared.bus import Bus
-from shared.echo import ECHO_CHARS
-from shared.errors import BadCursor, InvalidInput
-from shared.events import EventType
-from shared.runs import RunStore
-from shared.settings import Settings
-from shared.sse import SSEParser
-from shared.streamid import MAX_ID, parse_cursor
 from tests.test_gateway_support import GatewayFactory
+from tidings import codec
+from tidings.bus import Bus
+from tidings.echo import ECHO_CHARS
+from tidings.errors import BadCursor, InvalidInput
+from tidings.events import EventType
+from tidings.runs import RunStore
+from tidings.services.gateway.app import create_app
+from tidings.settings import Settings
+from tidings.sse import SSEParser
+from tidings.streamid import MAX_ID, parse_cursor
 
 JSON_BODY = {"content-type": "application/json"}
 ACCEPT_JSON = {"accept": "application/json"}

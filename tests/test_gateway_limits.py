@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from shared.keys import Keys
-from shared.runs import RunStore
 from tests.test_gateway_support import Gateway, GatewayFactory, RawStream, wait_for
+from tidings.keys import Keys
+from tidings.runs import RunStore
 
 ME = "addr:127.0.0.1"
 OTHER = {"X-Forwarded-For": "10.9.8.7"}  # another client, through the trusted proxy

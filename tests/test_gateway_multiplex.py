@@ -8,12 +8,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
-from shared.sse import SSEMessage
 from tests.test_gateway_support import GatewayFactory, RawStream, wait_for
+from tidings.bus import Bus
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
+from tidings.sse import SSEMessage
 
 
 def _by_run(messages: list[SSEMessage]) -> dict[str, list[dict[str, Any]]]:

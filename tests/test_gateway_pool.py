@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 import psutil  # type: ignore[import-untyped]
 
-from shared.bus import Bus
-from shared.events import EventType
-from shared.runs import RunStore
 from tests.conftest import Processes
 from tests.test_gateway_support import GatewayFactory, events_of, wait_for
+from tidings.bus import Bus
+from tidings.events import EventType
+from tidings.runs import RunStore
 
 
 def _listening(parent: psutil.Process, port: int) -> int:
@@ -76,7 +76,7 @@ async def test_a_pool_on_a_port_already_taken_exits_1_with_a_clear_error(
         taken.listen()
         port = taken.getsockname()[1]
         env = settings_env(port=port, gateway_workers=2)
-        proc = processes.python("services.gateway", env=env, name="gateway")
+        proc = processes.python("tidings.services.gateway", env=env, name="gateway")
         assert await asyncio.to_thread(proc.wait, 30) == 1
     out = processes.output(proc)
     assert f"cannot listen on 127.0.0.1:{port}" in out and "Traceback" not in out

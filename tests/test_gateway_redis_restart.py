@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError, TimeoutError
 
-from shared.bus import Bus
-from shared.embedded import EmbeddedValkey
-from shared.events import Event, EventType
-from shared.keys import Keys
-from shared.redis import connect
-from shared.runs import RunStore
 from tests.test_gateway_support import (
     GatewayFactory,
     events_of,
     wait_for,
 )
+from tidings.bus import Bus
+from tidings.embedded import EmbeddedValkey
+from tidings.events import Event, EventType
+from tidings.keys import Keys
+from tidings.redis import connect
+from tidings.runs import RunStore
 
 
 @pytest.fixture

@@ -7,16 +7,16 @@ import json
 
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
 from tests.test_gateway_support import (
     Gateway,
     GatewayFactory,
     events_of,
     wait_for,
 )
+from tidings.bus import Bus
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
 
 
 async def _publish(bus: Bus, run_id: str, n: int, start: int = 0) -> None:

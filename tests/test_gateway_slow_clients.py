@@ -21,13 +21,13 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from services.gateway.deadlines import GuardedProtocol, guarded_protocol
-from shared.bus import Bus
-from shared.embedded import free_port
-from shared.events import EventType
-from shared.runs import RunStore
-from shared.settings import Settings
 from tests.test_gateway_support import GatewayFactory, wait_for
+from tidings.bus import Bus
+from tidings.embedded import free_port
+from tidings.events import EventType
+from tidings.runs import RunStore
+from tidings.services.gateway.deadlines import GuardedProtocol, guarded_protocol
+from tidings.settings import Settings
 
 DEADLINE = 0.5  # seconds, for the in-process server
 GENEROUS = 10.0  # no assertion on timing is tighter than this

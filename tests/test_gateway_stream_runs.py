@@ -12,8 +12,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from shared.sse import SSEMessage
 from tests.test_gateway_support import Gateway, GatewayFactory, RawStream, wait_for
+from tidings.sse import SSEMessage
 
 MONTY = "/monty/stream?min_sleep_s=0.3&max_sleep_s=0.5&progress_interval_s=0.1"
 

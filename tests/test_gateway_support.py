@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from shared.embedded import free_port
-from shared.sse import SSEMessage, SSEParser
 from tests.conftest import Processes
+from tidings.embedded import free_port
+from tidings.sse import SSEMessage, SSEParser
 
 __all__ = ["Gateway", "GatewayFactory", "RawStream", "events_of", "start_gateway", "wait_for"]
 
@@ -69,7 +69,7 @@ async def start_gateway(
     env = settings_env(port=port, log_level="warning", **settings)
     if redis_url:
         env["REDIS_URL"] = redis_url
-    proc = processes.python("services.gateway", env=env, name="gateway")
+    proc = processes.python("tidings.services.gateway", env=env, name="gateway")
     gw = Gateway(port, proc, processes)
     deadline = time.monotonic() + 20
     async with gw.client() as client:

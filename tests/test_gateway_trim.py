@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from services.gateway.metrics import Stats
-from services.gateway.trim import Trimmer, malloc_trim
-from shared.bus import Bus
-from shared.events import EventType
-from shared.runs import RunStore
 from tests.test_gateway_support import GatewayFactory, wait_for
+from tidings.bus import Bus
+from tidings.events import EventType
+from tidings.runs import RunStore
+from tidings.services.gateway.metrics import Stats
+from tidings.services.gateway.trim import Trimmer, malloc_trim
 
 
 def test_trims_once_each_time_the_last_viewer_leaves() -> None:

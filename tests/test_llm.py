@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from services.worker.llm import LLM, LLMError, OpenAICompatible, SimulatedLLM, make_llm
-from shared.settings import Settings
+from tidings.services.worker.llm import LLM, LLMError, OpenAICompatible, SimulatedLLM, make_llm
+from tidings.settings import Settings
 
 
 async def _collect(llm: LLM, prompt: str, **kwargs: Any) -> list[str]:

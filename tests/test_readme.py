@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services.gateway.app import create_app
-from shared.settings import Settings
+from tidings.services.gateway.app import create_app
+from tidings.settings import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.events import EventType, RunStatus
-from shared.keys import Keys
 from tests.engine_helpers import listening, until, wait_terminal
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.events import EventType, RunStatus
+from tidings.keys import Keys
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -35,7 +35,7 @@ async def test_the_readme_workflow_example_runs(
         "PYTHONPATH": str(tmp_path),
         "TIDINGS_TEST_WORKFLOWS": "readme_example",
     }
-    processes.python("services.worker", env=env, name="worker")
+    processes.python("tidings.services.worker", env=env, name="worker")
 
     await until(lambda: listening(redis, keys, 1), what="the worker listening")
     # Control validates input against the registered model, so the test process loads it too.

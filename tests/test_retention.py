@@ -14,17 +14,17 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401  (registers the test workflows)
-from shared import codec
-from shared.bus import Bus
-from shared.control import Control
-from shared.events import EventType, now_ms
-from shared.keys import Keys
-from shared.retention import prune
-from shared.runs import RunStore
-from shared.settings import Settings
 from tests.conftest import ROOT
 from tests.engine_helpers import until
 from tests.test_api_helpers import running_stack
+from tidings import codec
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.events import EventType, now_ms
+from tidings.keys import Keys
+from tidings.retention import prune
+from tidings.runs import RunStore
+from tidings.settings import Settings
 
 DAY_MS = 86_400_000
 ONE_ITERATION = {"min_sleep_s": 0.05, "max_sleep_s": 0.05, "max_iterations": 1}
@@ -291,7 +291,7 @@ async def test_the_prune_command_reports_and_removes(
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli", "prune", *args],
+            [sys.executable, "-m", "tidings.services.cli", "prune", *args],
             env=settings_env(),
             cwd=ROOT,
             capture_output=True,

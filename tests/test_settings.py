@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Settings
+from tidings.settings import Settings
 
 
 def test_defaults_without_environment() -> None:

@@ -7,14 +7,14 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from shared import codec
-from shared.bus import Bus
-from shared.control import Control
-from shared.errors import PayloadTooLarge
-from shared.events import EventType
-from shared.keys import Keys
-from shared.runs import RunStore
 from tests.test_gateway_support import GatewayFactory, events_of
+from tidings import codec
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.errors import PayloadTooLarge
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
 
 BIG = "x" * 10_000
 

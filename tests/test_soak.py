@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench.soak import PROFILES, soak
+from tidings.services.bench.soak import PROFILES, soak
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.sse import SSEParser, comment, encode
+from tidings.sse import SSEParser, comment, encode
 
 names = st.text(st.characters(blacklist_characters="\r\n\0", blacklist_categories=["Cs"]))
 payloads = st.text(st.characters(blacklist_categories=["Cs"]))

@@ -1,6 +1,7 @@
 """A gateway or a worker refuses to start on a keyspace written by another schema version.
 
-Real processes, as deployed (`python -m services.gateway`, `python -m services.worker`), against a
+Real processes, as deployed (`python -m tidings.services.gateway`,
+`python -m tidings.services.worker`), against a
 namespace whose `<ns>:schema` holds a version this code does not speak: each must exit non-zero
 with a message naming the problem, and must not have served anything first.
 """
@@ -15,10 +16,10 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from shared.embedded import free_port
-from shared.jobs import workers_listening
-from shared.keys import SCHEMA_VERSION, Keys
 from tests.engine_helpers import TEST_WORKFLOWS
+from tidings.embedded import free_port
+from tidings.jobs import workers_listening
+from tidings.keys import SCHEMA_VERSION, Keys
 
 _FOREIGN = SCHEMA_VERSION + 98
 _WAIT_S = 30.0
@@ -49,7 +50,7 @@ async def test_a_gateway_refuses_to_start_on_a_keyspace_of_another_schema(
 ) -> None:
     await redis.set(keys.schema, _FOREIGN)
     port = free_port()
-    proc = processes.python("services.gateway", env=settings_env(port=port), name="gateway")
+    proc = processes.python("tidings.services.gateway", env=settings_env(port=port), name="gateway")
 
     async def ready() -> bool:
         try:
@@ -68,7 +69,7 @@ async def test_a_worker_refuses_to_start_on_a_keyspace_of_another_schema(
 ) -> None:
     await redis.set(keys.schema, _FOREIGN)
     env = {**settings_env(), **TEST_WORKFLOWS}
-    proc = processes.python("services.worker", env=env, name="worker")
+    proc = processes.python("tidings.services.worker", env=env, name="worker")
 
     async def listening() -> bool:
         return await workers_listening(redis, keys) > 0

@@ -16,17 +16,17 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401  (registers the test workflows)
-from shared.bus import Bus
-from shared.control import Control
-from shared.embedded import EmbeddedValkey, free_port
-from shared.errors import StorageFull
-from shared.events import EventType
-from shared.keys import Keys
-from shared.redis import connect
-from shared.settings import Settings
 from tests.conftest import Processes
 from tests.engine_helpers import until
 from tests.test_api_helpers import running_stack
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.embedded import EmbeddedValkey, free_port
+from tidings.errors import StorageFull
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.redis import connect
+from tidings.settings import Settings
 
 FULL = "1"  # bytes: any server is over it
 

@@ -7,11 +7,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401
-from shared import codec
-from shared.bus import Bus
-from shared.control import Control
-from shared.events import EventType, RunStatus
-from shared.keys import Keys
 from tests.engine_helpers import (
     all_events,
     of_type,
@@ -19,6 +14,11 @@ from tests.engine_helpers import (
     wait_event,
     wait_terminal,
 )
+from tidings import codec
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.events import EventType, RunStatus
+from tidings.keys import Keys
 
 
 async def test_steps_are_checkpointed_and_a_checkpoint_is_never_rerun(
@@ -209,8 +209,8 @@ async def test_cancel_during_a_fan_out_stops_its_tasks(
 async def test_a_run_of_a_workflow_the_worker_does_not_know_fails_cleanly(
     bus: Bus, redis: Redis, keys: Keys, workers: Any
 ) -> None:
-    from shared.jobs import JobQueue
-    from shared.runs import RunStore
+    from tidings.jobs import JobQueue
+    from tidings.runs import RunStore
 
     queue = JobQueue(redis, keys)
     rec = await RunStore(redis, keys).create(

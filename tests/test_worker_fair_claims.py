@@ -11,10 +11,10 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401
-from shared.bus import Bus
-from shared.control import Control
-from shared.keys import Keys
 from tests.engine_helpers import listening, until, wait_terminal
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.keys import Keys
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,6 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401
-from shared.bus import Bus
-from shared.control import Control
-from shared.events import Event, EventType, RunStatus
-from shared.keys import Keys
 from tests.engine_helpers import (
     FAST_LEASES,
     all_events,
@@ -27,6 +23,10 @@ from tests.engine_helpers import (
     wait_event,
     wait_terminal,
 )
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.events import Event, EventType, RunStatus
+from tidings.keys import Keys
 
 pytestmark = pytest.mark.slow
 
@@ -175,7 +175,7 @@ async def test_a_task_whose_worker_died_is_enqueued_again(
 async def test_a_queued_run_whose_job_vanished_is_enqueued_again(
     control: Control, bus: Bus, redis: Redis, keys: Keys, processes: Any, settings_env: Any
 ) -> None:
-    from shared.jobs import job_key, run_job_id
+    from tidings.jobs import job_key, run_job_id
 
     rec = await control.start("t_steps", {"n": 2})
     job_id = run_job_id(rec.run_id, 1)

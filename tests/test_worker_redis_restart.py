@@ -20,13 +20,6 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401
-from shared.bus import Bus
-from shared.control import Control
-from shared.embedded import EmbeddedValkey
-from shared.events import TERMINAL_STATUSES, Event, EventType, RunStatus
-from shared.keys import Keys
-from shared.redis import connect
-from shared.settings import Settings
 from tests.engine_helpers import (
     TEST_WORKFLOWS,
     all_events,
@@ -37,6 +30,13 @@ from tests.engine_helpers import (
     wait_event,
     wait_terminal,
 )
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.embedded import EmbeddedValkey
+from tidings.events import TERMINAL_STATUSES, Event, EventType, RunStatus
+from tidings.keys import Keys
+from tidings.redis import connect
+from tidings.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,9 @@ def _executions(log: Path) -> Counter[str]:
 
 async def test_a_run_survives_a_redis_restart(own_valkey: EmbeddedValkey, processes: Any) -> None:
     keys = Keys("restart")
-    worker = processes.python("services.worker", env=_env(own_valkey.url, keys), name="worker")
+    worker = processes.python(
+        "tidings.services.worker", env=_env(own_valkey.url, keys), name="worker"
+    )
     redis = connect(own_valkey.url, retries=10)
     try:
         await until(lambda: listening(redis, keys, 1), what="the worker", procs=[worker])
@@ -98,7 +100,9 @@ async def test_a_redis_restart_longer_than_the_lease_leaves_every_run_on_its_fir
 ) -> None:
     keys = Keys("outage")
     env = _env(own_valkey.url, keys, TIDINGS_LLM_TOKEN_DELAY_MS="40")
-    procs = [processes.python("services.worker", env=env, name=f"worker{i}") for i in range(2)]
+    procs = [
+        processes.python("tidings.services.worker", env=env, name=f"worker{i}") for i in range(2)
+    ]
     redis = connect(own_valkey.url, retries=10)
     try:
         await until(lambda: listening(redis, keys, 2), what="two workers", procs=procs)
@@ -195,7 +199,9 @@ async def test_a_worker_cut_off_longer_than_its_lease_is_taken_over_and_fenced(
     await proxy.open()
     redis: Redis = connect(own_valkey.url, retries=10)
     behind = processes.python(
-        "services.worker", env=_env(f"redis://127.0.0.1:{proxy.port}/0", keys), name="behind"
+        "tidings.services.worker",
+        env=_env(f"redis://127.0.0.1:{proxy.port}/0", keys),
+        name="behind",
     )
     try:
         await until(lambda: listening(redis, keys, 1), what="the first worker", procs=[behind])
@@ -207,7 +213,9 @@ async def test_a_worker_cut_off_longer_than_its_lease_is_taken_over_and_fenced(
         await wait_event(
             bus, run_id, lambda e: e.type is EventType.TASK_STARTED and e.task == "s#3", "step 3"
         )
-        direct = processes.python("services.worker", env=_env(own_valkey.url, keys), name="direct")
+        direct = processes.python(
+            "tidings.services.worker", env=_env(own_valkey.url, keys), name="direct"
+        )
         await until(lambda: listening(redis, keys, 2), what="the second worker", procs=[direct])
         before = await redis.hgetall(keys.steps(run_id))
         proxy.cut()  # the run's worker loses Redis; the other one still has it

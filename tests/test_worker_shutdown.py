@@ -15,11 +15,6 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401
-from shared.bus import Bus
-from shared.control import Control
-from shared.events import EventType
-from shared.jobs import run_job_id
-from shared.keys import Keys
 from tests.engine_helpers import (
     TEST_WORKFLOWS,
     all_events,
@@ -29,6 +24,11 @@ from tests.engine_helpers import (
     until,
     wait_terminal,
 )
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.events import EventType
+from tidings.jobs import run_job_id
+from tidings.keys import Keys
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +115,7 @@ async def test_rolling_sigterm_under_load_completes_every_run(
         _assert_clean_stop(processes, victim)
         stopped.append(victim)
         assert await _stranded(redis, keys, run_ids) == []
-        processes.python("services.worker", env=env, name="replacement")
+        processes.python("tidings.services.worker", env=env, name="replacement")
         await until(lambda: listening(redis, keys, _WORKERS), what="a replacement listening")
 
     for rid in run_ids:

@@ -6,13 +6,13 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from services.worker.context import Engine
-from services.worker.sweeper import Sweeper
-from shared.bus import Bus
-from shared.events import EventType, RunStatus
-from shared.keys import Keys
-from shared.runs import RunStore
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.events import EventType, RunStatus
+from tidings.keys import Keys
+from tidings.runs import RunStore
+from tidings.services.worker.context import Engine
+from tidings.services.worker.sweeper import Sweeper
+from tidings.settings import Settings
 
 
 async def test_an_orphan_behind_a_thousand_healthy_runs_is_still_recovered(
@@ -63,7 +63,7 @@ async def test_a_missing_lease_is_given_a_full_ttl_to_come_back_before_the_run_i
 async def test_a_sweeper_leaves_alone_the_runs_its_own_worker_holds(
     redis: Redis, keys: Keys, store: RunStore, bus: Bus, settings: Settings
 ) -> None:
-    from services.worker.run import RunHandle
+    from tidings.services.worker.run import RunHandle
 
     rid = (await store.create("t_steps", {"n": 1})).run_id
     await bus.publish(rid, EventType.WORKFLOW_STARTED, attempt=1)  # running, no lease
@@ -79,8 +79,8 @@ async def test_a_holder_missing_from_client_list_counts_only_once_our_own_connec
 ) -> None:
     # Right after a restart of Redis every connection is new and live workers are still
     # reconnecting: an absent holder then proves nothing.
-    from services.worker.liveness import Liveness, client_name
-    from shared.redis import connect
+    from tidings.redis import connect
+    from tidings.services.worker.liveness import Liveness, client_name
 
     named = connect(redis_url, client_name=client_name("sweeper-test"))
     try:

@@ -9,9 +9,9 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from shared.sse import SSEMessage
 from tests.test_api_helpers import Stack, running_stack, stack
 from tests.test_llm import _serve, _Upstream
+from tidings.sse import SSEMessage
 
 __all__ = ["stack"]
 
@@ -146,7 +146,7 @@ async def test_chat_and_monty_resume_on_another_worker_after_a_crash(
 
     stack.worker.send_signal(signal.SIGKILL)  # no hand-back: the lease must expire
     stack.worker.wait()
-    processes.python("services.worker", env=stack.env, name="worker-2")
+    processes.python("tidings.services.worker", env=stack.env, name="worker-2")
     say = f"/api/runs/{chat_id}/signals/message"
     assert (await stack.client.post(say, json={"text": "calculate 2+3"})).status_code == 202
 

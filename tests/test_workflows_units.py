@@ -10,17 +10,17 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from services.workflows.calculator import CalculatorError, calculate, format_number
-from services.workflows.chat_tools import ToolCall, parse_intent
-from services.workflows.monty import MontyInput
-from services.workflows.prompt_chain import ChainInput, layers, render
-from services.workflows.research import ResearchInput, parse_queries, parse_questions
-from shared.bus import Bus
-from shared.control import Control
-from shared.errors import InvalidInput
-from shared.keys import Keys
-from shared.settings import Settings
-from shared.workflow import WORKFLOWS, get_workflow
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.errors import InvalidInput
+from tidings.keys import Keys
+from tidings.services.workflows.calculator import CalculatorError, calculate, format_number
+from tidings.services.workflows.chat_tools import ToolCall, parse_intent
+from tidings.services.workflows.monty import MontyInput
+from tidings.services.workflows.prompt_chain import ChainInput, layers, render
+from tidings.services.workflows.research import ResearchInput, parse_queries, parse_questions
+from tidings.settings import Settings
+from tidings.workflow import WORKFLOWS, get_workflow
 
 # --- prompt_chain --------------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.events import EventType
-from shared.workflow import Run, TaskContext, activity, workflow
+from tidings.events import EventType
+from tidings.workflow import Run, TaskContext, activity, workflow
 
 WORKER = f"pid:{os.getpid()}"
 

@@ -5,7 +5,7 @@ A stock `arq.worker.Worker` with arq's defaults (poll_delay 0.5 s, job_timeout 3
 `started` returns at once, `hang` then sleeps for an hour (to be killed). Only the serializer
 differs from the defaults: JSON instead of pickle, which changes nothing measured here.
 
-    python -m services.bench.arq_baseline --redis URL --queue NAME [--job-timeout S]
+    python -m tidings.services.bench.arq_baseline --redis URL --queue NAME [--job-timeout S]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ async def connect_pool(redis_url: str) -> ArqRedis:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.arq_baseline")
+    parser = argparse.ArgumentParser(prog="python -m tidings.services.bench.arq_baseline")
     parser.add_argument("--redis", required=True)
     parser.add_argument("--queue", required=True)
     parser.add_argument("--job-timeout", type=float, default=300.0)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import time
 import uuid
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.redis import connect
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.redis import connect
+from tidings.settings import Settings
 
 from .harness import BenchError, Result, Servers
 from .listen import next_matching, wait_workers

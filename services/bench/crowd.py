@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from shared.embedded import die_with_parent
+from tidings.embedded import die_with_parent
 
 from .harness import BenchError
 
@@ -112,7 +112,7 @@ class Crowd:
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    "services.bench.crowd_client",
+                    "tidings.services.bench.crowd_client",
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=err,

@@ -1,6 +1,6 @@
 """One process of a viewer crowd (`crowd.py` runs several): raw-socket SSE viewers under uvloop.
 
-    python -m services.bench.crowd_client   # spec as one JSON line on stdin, then commands
+    python -m tidings.services.bench.crowd_client   # spec as one JSON line on stdin, then commands
 
 The spec: `{"urls": [...], "targets": [url index per viewer], "timed": [viewer indices],
 "count": "task_progress", "until": "workflow_completed", "connect_concurrency": 100}`.

@@ -17,10 +17,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.redis import connect
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.redis import connect
+from tidings.settings import Settings
 
 from .arq_baseline import connect_pool
 from .harness import Result, Servers, percentile
@@ -68,7 +68,12 @@ def _tagged(tag: str) -> Callable[[dict[str, Any]], bool]:
 async def _arq(srv: Servers, samples: int) -> list[float]:
     queue = f"{srv.namespace}:arq-dispatch"
     worker = srv.python(
-        "services.bench.arq_baseline", "--redis", srv.redis_url, "--queue", queue, name="arq"
+        "tidings.services.bench.arq_baseline",
+        "--redis",
+        srv.redis_url,
+        "--queue",
+        queue,
+        name="arq",
     )
     pool = await connect_pool(srv.redis_url)
     pubsub = pool.pubsub()

@@ -18,11 +18,11 @@ import sys
 import time
 from typing import Any
 
-from shared.bus import Bus
-from shared.embedded import die_with_parent, free_port
-from shared.events import EventType
-from shared.redis import connect
-from shared.runs import RunStore
+from tidings.bus import Bus
+from tidings.embedded import die_with_parent, free_port
+from tidings.events import EventType
+from tidings.redis import connect
+from tidings.runs import RunStore
 
 from .harness import BenchError, Result, Servers
 
@@ -37,7 +37,7 @@ async def _measure(srv: Servers, bus: Bus, base_url: str, viewers: int, events: 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.bench.viewers",
+        "tidings.services.bench.viewers",
         f"{base_url}/api/runs/{run_id}/events",
         str(viewers),
         "--timeout",
@@ -101,7 +101,7 @@ async def bench_fanout(srv: Servers, quick: bool) -> Result:
     try:
         port = free_port()
         hub = srv.python(
-            "services.bench.naive_hub",
+            "tidings.services.bench.naive_hub",
             "--redis",
             srv.redis_url,
             "--namespace",

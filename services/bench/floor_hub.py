@@ -12,7 +12,7 @@ SUBSCRIBE confirmation before going live, reconnecting to Redis): it is the bar 
 to, not a server to deploy. A viewer whose unsent bytes pass 4 MiB is cut, so a stuck client
 cannot eat the machine's memory during a benchmark.
 
-    python -m services.bench.floor_hub --redis URL --namespace NS --port PORT
+    python -m tidings.services.bench.floor_hub --redis URL --namespace NS --port PORT
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import hiredis
 import uvloop
 
-from shared.events import TERMINAL_TYPES
-from shared.keys import Keys
+from tidings.events import TERMINAL_TYPES
+from tidings.keys import Keys
 
 __all__ = ["main"]
 
@@ -172,7 +172,7 @@ async def _serve(redis_url: str, keys: Keys, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.floor_hub")
+    parser = argparse.ArgumentParser(prog="python -m tidings.services.bench.floor_hub")
     parser.add_argument("--redis", required=True)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--port", type=int, required=True)

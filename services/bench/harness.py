@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from shared.embedded import EmbeddedValkey, die_with_parent, free_port, stop_process
-from shared.keys import Keys
+from tidings.embedded import EmbeddedValkey, die_with_parent, free_port, stop_process
+from tidings.keys import Keys
 
 __all__ = ["BENCH_GATEWAY", "BenchError", "Result", "Servers", "percentile"]
 
@@ -138,13 +138,13 @@ class Servers:
     def gateway(self, **settings: object) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
         env = self.env(port=port, **{**BENCH_GATEWAY, **settings})
-        proc = self.python("services.gateway", env=env, name="gateway")
+        proc = self.python("tidings.services.gateway", env=env, name="gateway")
         url = f"http://127.0.0.1:{port}"
         self.wait_http(proc, url + "/readyz")
         return proc, url
 
     def worker(self, **settings: object) -> subprocess.Popen[bytes]:
-        return self.python("services.worker", env=self.env(**settings), name="worker")
+        return self.python("tidings.services.worker", env=self.env(**settings), name="worker")
 
     def wait_http(self, proc: subprocess.Popen[bytes], url: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -2,7 +2,7 @@
 
 | key           | what                                                                      |
 |---------------|---------------------------------------------------------------------------|
-| tidings       | one Tidings gateway process (`python -m services.gateway`)                |
+| tidings       | one Tidings gateway process (`python -m tidings.services.gateway`)        |
 | sse-starlette | sse-starlette over one shared redis-py PubSub (`sse_starlette_hub.py`)    |
 | naive         | a Redis connection and a JSON re-encode per viewer (`naive_hub.py`)       |
 | floor         | raw uvloop protocol, one frame written to every viewer (`floor_hub.py`)   |
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from shared.embedded import free_port
+from tidings.embedded import free_port
 
 from .harness import Servers
 
@@ -39,9 +39,9 @@ LABELS = {
 }
 
 _MODULES = {
-    SSE_STARLETTE: "services.bench.sse_starlette_hub",
-    NAIVE: "services.bench.naive_hub",
-    FLOOR: "services.bench.floor_hub",
+    SSE_STARLETTE: "tidings.services.bench.sse_starlette_hub",
+    NAIVE: "tidings.services.bench.naive_hub",
+    FLOOR: "tidings.services.bench.floor_hub",
 }
 
 

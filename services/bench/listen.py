@@ -11,8 +11,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from shared.jobs import workers_listening
-from shared.keys import Keys
+from tidings.jobs import workers_listening
+from tidings.keys import Keys
 
 from .harness import BenchError
 

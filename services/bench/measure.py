@@ -30,9 +30,9 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.bus import Bus
-from shared.redis import connect
-from shared.runs import RunStore
+from tidings.bus import Bus
+from tidings.redis import connect
+from tidings.runs import RunStore
 
 from .cpu import CpuWindow, settle
 from .crowd import Crowd

@@ -4,7 +4,7 @@ Per viewer it opens its own Redis connection and SUBSCRIBE, and per event per vi
 the JSON and encodes it again into an SSE message. No replay, no bounded buffers. It exists only
 so the fan-out benchmark can compare against it in the same run.
 
-    python -m services.bench.naive_hub --redis URL --namespace NS --port PORT
+    python -m tidings.services.bench.naive_hub --redis URL --namespace NS --port PORT
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from shared.events import TERMINAL_TYPES
-from shared.keys import Keys
+from tidings.events import TERMINAL_TYPES
+from tidings.keys import Keys
 
 __all__ = ["create_app", "main"]
 
@@ -61,7 +61,7 @@ def create_app(redis_url: str, keys: Keys) -> Starlette:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.naive_hub")
+    parser = argparse.ArgumentParser(prog="python -m tidings.services.bench.naive_hub")
     parser.add_argument("--redis", required=True)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--port", type=int, required=True)

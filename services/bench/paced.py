@@ -17,8 +17,8 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from shared.bus import Bus, PublishCommand
-from shared.events import EventType
+from tidings.bus import Bus, PublishCommand
+from tidings.events import EventType
 
 __all__ = ["publish_burst", "publish_marker", "publish_paced", "publish_terminal"]
 

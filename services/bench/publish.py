@@ -1,7 +1,8 @@
 """Publish throughput: events per second ONE WORKER publishes for a run.
 
-Figure: a real worker process (`python -m services.worker`, default settings) runs `bench_emit`
-(`services.bench.workflows`), a workflow that calls `run.emit` N times in a loop and nothing else.
+Figure: a real worker process (`python -m tidings.services.worker`, default settings) runs
+`bench_emit` (`tidings.services.bench.workflows`), a workflow that calls `run.emit` N times in a
+loop and nothing else.
 The rate is N over the time between the run's `running` and `completed` lifecycle messages, as a
 subscriber of the lifecycle channel receives them; both are published by Redis inside the publish
 script, so the span covers the whole run: the loop, the engine's pipelined flushes, and the
@@ -26,12 +27,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.events import Event, EventType, now_iso
-from shared.redis import connect
-from shared.runs import RunStore
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.events import Event, EventType, now_iso
+from tidings.redis import connect
+from tidings.runs import RunStore
+from tidings.settings import Settings
 
 from .harness import BenchError, Result, Servers
 from .listen import next_matching, wait_workers
@@ -87,7 +88,7 @@ async def _worker_once(srv: Servers, control: Control, n: int) -> dict[str, Any]
 
 
 async def _worker(srv: Servers, n: int, warmup: int) -> dict[str, Any]:
-    proc = srv.worker(test_workflows="services.bench.workflows")
+    proc = srv.worker(test_workflows="tidings.services.bench.workflows")
     redis = connect(srv.redis_url)
     settings = Settings(redis_url=srv.redis_url, namespace=srv.namespace)
     control = Control(redis, srv.keys, Bus(redis, srv.keys), settings)

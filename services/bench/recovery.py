@@ -22,11 +22,11 @@ import time
 import uuid
 from typing import Any
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.errors import TidingsError
-from shared.redis import connect
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.errors import TidingsError
+from tidings.redis import connect
+from tidings.settings import Settings
 
 from .arq_baseline import connect_pool
 from .harness import BenchError, Result, Servers
@@ -102,7 +102,9 @@ async def _ours(srv: Servers, samples: int) -> tuple[list[float], list[float]]:
 async def _arq_measured(srv: Servers) -> float:
     queue = f"{srv.namespace}:arq-recovery"
     args = ["--redis", srv.redis_url, "--queue", queue, "--job-timeout", str(_ARQ_JOB_TIMEOUT_S)]
-    workers = [srv.python("services.bench.arq_baseline", *args, name="arq") for _ in range(2)]
+    workers = [
+        srv.python("tidings.services.bench.arq_baseline", *args, name="arq") for _ in range(2)
+    ]
     pool = await connect_pool(srv.redis_url)
     pubsub = pool.pubsub()
     channel = f"{srv.namespace}:arq-recovery-started"

@@ -125,7 +125,7 @@ def run_benchmarks(
     names = list(only) if only else list(BENCHMARKS)
     unknown = [n for n in names if n not in registry]
     if unknown:
-        from services.cli.errors import EXIT_USAGE, CliError
+        from tidings.services.cli.errors import EXIT_USAGE, CliError
 
         raise CliError(
             f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}",

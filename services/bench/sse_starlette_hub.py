@@ -12,7 +12,8 @@ code does; the benchmark sees the loss as deliveries not received.
 No replay from the log: a viewer gets what is published after its subscription, which is all
 the benchmarks ask of it.
 
-    python -m services.bench.sse_starlette_hub --redis URL --namespace NS --port PORT [--ping S]
+    python -m tidings.services.bench.sse_starlette_hub --redis URL --namespace NS --port PORT \
+        [--ping S]
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from shared.events import TERMINAL_TYPES
-from shared.keys import Keys
+from tidings.events import TERMINAL_TYPES
+from tidings.keys import Keys
 
 __all__ = ["create_app", "main"]
 
@@ -137,7 +138,7 @@ def create_app(redis_url: str, keys: Keys, *, ping: float | None = None) -> Star
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.sse_starlette_hub")
+    parser = argparse.ArgumentParser(prog="python -m tidings.services.bench.sse_starlette_hub")
     parser.add_argument("--redis", required=True)
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--port", type=int, required=True)

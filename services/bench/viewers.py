@@ -1,7 +1,7 @@
 """A crowd of SSE viewers in one process, for the fan-out benchmark (run as a child process so
 the gateway under test does not share its core with the clients).
 
-    python -m services.bench.viewers URL COUNT --count-event task_progress \
+    python -m tidings.services.bench.viewers URL COUNT --count-event task_progress \
         --until workflow_completed --timeout 60
 
 Each viewer is a raw HTTP/1.1 connection; events are counted by their `event:` field line in the
@@ -110,7 +110,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.viewers")
+    parser = argparse.ArgumentParser(prog="python -m tidings.services.bench.viewers")
     parser.add_argument("url")
     parser.add_argument("viewers", type=int)
     parser.add_argument("--count-event", default="task_progress")

@@ -1,5 +1,5 @@
 """Workflows that exist only for `tidings bench`; a benchmark's worker imports this module through
-`TIDINGS_TEST_WORKFLOWS=services.bench.workflows`, and the bench process imports it so that
+`TIDINGS_TEST_WORKFLOWS=tidings.services.bench.workflows`, and the bench process imports it so that
 `Control.start` knows them. Nothing here is shipped to users' catalogs.
 
 `bench_emit` publishes `n` events through the engine's ordinary path, `run.emit`, in a loop that
@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.events import EventType
-from shared.workflow import Run, workflow
+from tidings.events import EventType
+from tidings.workflow import Run, workflow
 
 __all__ = ["EMIT", "EmitInput", "bench_emit"]
 

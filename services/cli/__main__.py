@@ -1,4 +1,4 @@
-"""`python -m services.cli`: the same as the `tidings` console script."""
+"""`python -m tidings.services.cli`: the same as the `tidings` console script."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.settings import Settings
+from tidings.settings import Settings
 
 from .errors import CliError
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shared.settings import Settings, parse_duration
+from tidings.settings import Settings, parse_duration
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from .local import gateway_url, with_redis_url
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         return _fail(" ".join(str(exc).split()), EXIT_USAGE)
     if args.command in ("up", "gateway"):
-        from services.gateway.access import check_exposure
+        from tidings.services.gateway.access import check_exposure
 
         try:
             check_exposure(settings)
@@ -167,15 +167,15 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers < 0:
         raise CliError("--workers must be >= 0", EXIT_USAGE)
     if settings.port == 0:  # "any port": pick it here so the banner and readiness know it
-        from shared.embedded import free_port
+        from tidings.embedded import free_port
 
         settings = settings.model_copy(update={"port": free_port()})
     return Supervisor(settings, workers=args.workers, grace_s=args.grace).run()
 
 
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:
-    from services.gateway.main import serve
-    from services.gateway.pool import serve_pool
+    from tidings.services.gateway.main import serve
+    from tidings.services.gateway.pool import serve_pool
 
     settings = with_redis_url(settings)
     if settings.gateway_workers > 1:
@@ -185,7 +185,7 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from services.worker.main import run_worker
+    from tidings.services.worker.main import run_worker
 
     settings = with_redis_url(settings)
     level = getattr(logging, settings.log_level.upper())
@@ -257,7 +257,7 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    from services.bench import run_benchmarks
+    from tidings.services.bench import run_benchmarks
 
     return run_benchmarks(quick=args.quick, only=args.only, json_path=args.json)
 

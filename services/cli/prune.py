@@ -1,4 +1,4 @@
-"""`tidings prune`: remove finished runs now, straight in Redis (`shared.retention`).
+"""`tidings prune`: remove finished runs now, straight in Redis (`tidings.retention`).
 
 It talks to Redis, not to a gateway: pruning is maintenance of the keyspace, and works the same
 whether or not a gateway runs. Without `--older-than` the age is the retention, so it removes
@@ -14,10 +14,10 @@ import sys
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.keys import Keys
-from shared.redis import connect
-from shared.retention import PruneReport, prune
-from shared.settings import Settings
+from tidings.keys import Keys
+from tidings.redis import connect
+from tidings.retention import PruneReport, prune
+from tidings.settings import Settings
 
 from .errors import EXIT_OK, CliError
 from .local import with_redis_url

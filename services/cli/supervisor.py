@@ -1,7 +1,8 @@
 """`tidings up`: Valkey, one gateway and N workers on this machine, as one foreground command.
 
 Decisions:
-- Children are separate processes (`python -m services.gateway`, `python -m services.worker`),
+- Children are separate processes (`python -m tidings.services.gateway`,
+  `python -m tidings.services.worker`),
   exactly what a deployment runs, each in its own process group: a Ctrl-C reaches only this
   supervisor, which then stops things in order (gateway and workers first, so workers can hand
   their runs back while Redis is still up; Valkey last).
@@ -34,8 +35,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shared.embedded import EmbeddedValkey, die_with_parent, free_port
-from shared.settings import Settings
+from tidings.embedded import EmbeddedValkey, die_with_parent, free_port
+from tidings.settings import Settings
 
 from .errors import EXIT_ERROR, EXIT_OK, CliError
 from .local import gateway_url, redis_answers, redis_url_file
@@ -68,8 +69,8 @@ class Supervisor:
         self.settings = settings
         self.grace_s = grace_s
         self.out = out or sys.stdout
-        self.children = [_Child("gateway", "services.gateway")] + [
-            _Child(f"worker-{i + 1}", "services.worker") for i in range(workers)
+        self.children = [_Child("gateway", "tidings.services.gateway")] + [
+            _Child(f"worker-{i + 1}", "tidings.services.worker") for i in range(workers)
         ]
         self.valkey: EmbeddedValkey | None = None
         self._stop = threading.Event()

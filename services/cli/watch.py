@@ -1,6 +1,6 @@
 """`tidings watch RUN`: follow a run's SSE stream with a live progress bar, losing nothing.
 
-The stream is read with httpx and parsed with `shared.sse.SSEParser`. A dropped connection (or a
+The stream is read with httpx and parsed with `tidings.sse.SSEParser`. A dropped connection (or a
 stream that ends before the run's terminal event) is resumed with `Last-Event-ID`, so the gateway
 replays exactly what was missed. The exit code is the run's outcome: 0 completed, 1 failed,
 3 cancelled (130 when the watcher itself is interrupted).
@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from shared.sse import SSEMessage, SSEParser
+from tidings.sse import SSEMessage, SSEParser
 
 from .api import auth_headers, error_message
 from .errors import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, CliError

@@ -1,11 +1,11 @@
-"""`python -m services.gateway`: one gateway with settings from the environment."""
+"""`python -m tidings.services.gateway`: one gateway with settings from the environment."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from shared.settings import Settings
+from tidings.settings import Settings
 
 from .access import check_exposure
 from .main import serve
@@ -13,7 +13,7 @@ from .pool import reuseport_socket, serve_pool
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.gateway")
+    parser = argparse.ArgumentParser(prog="python -m tidings.services.gateway")
     parser.add_argument(
         "--reuse-port",
         action="store_true",

@@ -37,8 +37,8 @@ from typing import Literal
 
 from starlette.requests import HTTPConnection
 
-from shared.errors import TidingsError
-from shared.settings import Settings
+from tidings.errors import TidingsError
+from tidings.settings import Settings
 
 __all__ = [
     "SESSION_COOKIE",

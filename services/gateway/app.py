@@ -22,12 +22,12 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.keys import Keys
-from shared.redis import connect
-from shared.runs import RunStore, ensure_schema
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.keys import Keys
+from tidings.redis import connect
+from tidings.runs import RunStore, ensure_schema
+from tidings.settings import Settings
 
 from . import compat, run_routes, session_routes, stream_routes
 from .access import Access

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import from_json
 from starlette.requests import Request
 
-from shared.errors import InvalidInput, TidingsError
+from tidings.errors import InvalidInput, TidingsError
 
 __all__ = ["MalformedBody", "UnsupportedMediaType", "parse_model", "read_json"]
 

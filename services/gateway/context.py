@@ -8,11 +8,11 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.keys import Keys
-from shared.runs import RunStore
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.keys import Keys
+from tidings.runs import RunStore
+from tidings.settings import Settings
 
 from .fanout import Hub
 from .limits import Admission

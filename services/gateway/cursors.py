@@ -13,11 +13,11 @@ import logging
 
 from pydantic import ValidationError
 
-from shared import codec, sse
-from shared.bus import LogInfo
-from shared.events import TERMINAL_STATUSES, TERMINAL_TYPES
-from shared.runs import RunRecord
-from shared.streamid import StreamId, just_before, parse_cursor
+from tidings import codec, sse
+from tidings.bus import LogInfo
+from tidings.events import TERMINAL_STATUSES, TERMINAL_TYPES
+from tidings.runs import RunRecord
+from tidings.streamid import StreamId, just_before, parse_cursor
 
 from .context import Gateway
 from .messages import Render, describe, frame

@@ -29,8 +29,8 @@ from __future__ import annotations
 import asyncio
 from typing import Literal
 
-from shared import codec
-from shared.settings import Settings
+from tidings import codec
+from tidings.settings import Settings
 
 from .errors import error_body
 from .fastpath import HttpToolsProtocol

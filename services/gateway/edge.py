@@ -21,7 +21,7 @@ from __future__ import annotations
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.settings import Settings
+from tidings.settings import Settings
 
 from .dashboard import SECURITY_HEADERS
 from .errors import error_response

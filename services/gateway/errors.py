@@ -6,7 +6,7 @@
   A 405's `Allow` names every method the path takes: Starlette's router names only the methods
   of the first route that matched the path (`/api/runs` is two routes, GET and POST), and a path
   it does not claim at all falls through to the dashboard's static files.
-- Messages are cut short and lone surrogates escaped (`shared.echo`): a message may quote the
+- Messages are cut short and lone surrogates escaped (`tidings.echo`): a message may quote the
   request, and an error must always be encodable.
 - A client that goes away while its body is read is not an error of ours: logged at debug.
 - Redis being unreachable is a 503 with `Retry-After`, not a 500: the request may simply be retried.
@@ -34,9 +34,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import codec
-from shared.echo import echo_text
-from shared.errors import InvalidInput, StorageFull, TidingsError
+from tidings import codec
+from tidings.echo import echo_text
+from tidings.errors import InvalidInput, StorageFull, TidingsError
 
 __all__ = [
     "BadRequest",

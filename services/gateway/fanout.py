@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
-from shared.keys import Keys
+from tidings.keys import Keys
 
 from .messages import Message, chunk, event_message, summary_message
 from .metrics import Stats

@@ -7,7 +7,7 @@ thing: each request's scope carries the connection's transport under the extensi
 as `transfer-encoding: chunked`) lets the hub write once-framed chunks straight to the transport;
 the head and the final chunk still go through the ASGI `send`, so uvicorn's view of the response
 (started, complete, keep-alive) stays true. Without the extension (another server, uvicorn's h11
-protocol, `uvicorn services.gateway.asgi:app`) streams use the ASGI path only.
+protocol, `uvicorn tidings.services.gateway.asgi:app`) streams use the ASGI path only.
 
 The override is of a public parser callback (`on_message_begin`, which builds the scope), and
 `tests/test_gateway_fastpath.py` checks the assumptions against the installed uvicorn: the scope

@@ -23,8 +23,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import Conflict, NotFound, TidingsError
-from shared.runs import RunRecord
+from tidings.errors import Conflict, NotFound, TidingsError
+from tidings.runs import RunRecord
 
 from .errors import BadRequest
 from .limits import start_limited

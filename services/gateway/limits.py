@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.errors import TidingsError
-from shared.events import TERMINAL_STATUSES
-from shared.keys import Keys
-from shared.runs import RunRecord
-from shared.settings import Settings
+from tidings.errors import TidingsError
+from tidings.events import TERMINAL_STATUSES
+from tidings.keys import Keys
+from tidings.runs import RunRecord
+from tidings.settings import Settings
 
 if TYPE_CHECKING:
     from .context import Gateway

@@ -13,7 +13,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
-from shared.settings import Settings
+from tidings.settings import Settings
 
 from .app import asgi_app, create_app
 from .deadlines import guarded_protocol

@@ -12,10 +12,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from shared import sse
-from shared.errors import BadCursor
-from shared.events import TERMINAL_TYPES
-from shared.streamid import StreamId, parse_cursor
+from tidings import sse
+from tidings.errors import BadCursor
+from tidings.events import TERMINAL_TYPES
+from tidings.streamid import StreamId, parse_cursor
 
 __all__ = ["Message", "Render", "chunk", "describe", "event_message", "frame", "summary_message"]
 

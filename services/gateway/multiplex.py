@@ -29,9 +29,9 @@ import re
 from starlette.requests import Request
 from starlette.responses import Response
 
-from shared import codec, sse
-from shared.keys import check_run_id
-from shared.streamid import StreamId, parse_cursor
+from tidings import codec, sse
+from tidings.keys import check_run_id
+from tidings.streamid import StreamId, parse_cursor
 
 from .access import Need, authenticate, permit
 from .context import gateway

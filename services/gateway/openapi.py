@@ -9,10 +9,10 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from shared.control import SIGNAL_NAMES
-from shared.events import Event
-from shared.runs import RunRecord
-from shared.workflow import WORKFLOWS
+from tidings.control import SIGNAL_NAMES
+from tidings.events import Event
+from tidings.runs import RunRecord
+from tidings.workflow import WORKFLOWS
 
 from .run_routes import StartRun
 
@@ -21,7 +21,7 @@ __all__ = ["openapi", "openapi_spec"]
 
 def openapi_spec() -> dict[str, Any]:
     """OpenAPI 3.1 for the primary API; every workflow's input model is a named schema."""
-    import services.workflows  # noqa: F401  (registers the shipped workflows)
+    import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
 
     models: list[type[BaseModel]] = [StartRun, RunRecord, Event]
     models += [d.Input for d in sorted(WORKFLOWS.values(), key=lambda d: d.name)]

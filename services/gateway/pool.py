@@ -24,8 +24,8 @@ import threading
 import time
 from types import FrameType
 
-from shared.embedded import die_with_parent
-from shared.settings import Settings
+from tidings.embedded import die_with_parent
+from tidings.settings import Settings
 
 __all__ = ["reuseport_socket", "serve_pool"]
 
@@ -64,7 +64,8 @@ def serve_pool(settings: Settings, workers: int) -> int:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc.strerror)
         return 1
     port = holder.getsockname()[1]
-    # Each child is `python -m services.gateway --reuse-port` with these settings, one process.
+    # Each child is `python -m tidings.services.gateway --reuse-port` with these settings, one
+    # process.
     env = {**os.environ, "TIDINGS_PORT": str(port), "TIDINGS_HOST": settings.host}
     env.update(TIDINGS_GATEWAY_WORKERS="1", PYTHONUNBUFFERED="1")
     if settings.redis_url:
@@ -78,7 +79,7 @@ def serve_pool(settings: Settings, workers: int) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def start() -> tuple[subprocess.Popen[bytes], float]:
-        args = [sys.executable, "-m", "services.gateway", "--reuse-port"]
+        args = [sys.executable, "-m", "tidings.services.gateway", "--reuse-port"]
         proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         return proc, time.monotonic()
 

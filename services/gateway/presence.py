@@ -38,8 +38,8 @@ from collections.abc import Iterable, Sequence
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.keys import Keys
-from shared.settings import Settings
+from tidings.keys import Keys
+from tidings.settings import Settings
 
 from .limits import TooManyViewers
 

@@ -1,7 +1,7 @@
 """The run control API: catalog, start, history, query, signal.
 
-Every handler goes through `request.app.state.ctx.control` (`shared.control.Control`), the same
-code the CLI and the chat agent's tools use, and raises `shared.errors` exceptions that the
+Every handler goes through `request.app.state.ctx.control` (`tidings.control.Control`), the same
+code the CLI and the chat agent's tools use, and raises `tidings.errors` exceptions that the
 gateway's handlers render as `{"error": {...}}`. Bodies are read by `bodies.py`; the OpenAPI
 document is `openapi.py`.
 
@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from shared.control import Control
-from shared.errors import InvalidInput
-from shared.runs import RunRecord
-from shared.workflow import WORKFLOWS
+from tidings.control import Control
+from tidings.errors import InvalidInput
+from tidings.runs import RunRecord
+from tidings.workflow import WORKFLOWS
 
 from .access import Need, authorize
 from .bodies import parse_model, read_json
@@ -64,7 +64,7 @@ def run_view(record: RunRecord) -> dict[str, Any]:
 
 
 def _catalog() -> list[dict[str, Any]]:
-    import services.workflows  # noqa: F401  (registers the shipped workflows)
+    import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
 
     return [
         {"name": d.name, "description": d.description, "input_schema": d.schema()}

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from shared.keys import check_run_id
+from tidings.keys import check_run_id
 
 from .access import (
     SESSION_COOKIE,

@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from shared import codec
-from shared.keys import check_run_id
-from shared.runs import RunRecord
+from tidings import codec
+from tidings.keys import check_run_id
+from tidings.runs import RunRecord
 
 from .access import Need, Principal, authorize
 from .context import gateway

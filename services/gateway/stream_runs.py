@@ -26,10 +26,10 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.control import Control
-from shared.errors import Conflict, NotFound
-from shared.keys import Keys
-from shared.settings import Settings
+from tidings.control import Control
+from tidings.errors import Conflict, NotFound
+from tidings.keys import Keys
+from tidings.settings import Settings
 
 from .presence import now_ms
 

@@ -30,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from shared.errors import NotFound
-from shared.keys import check_run_id
-from shared.streamid import StreamId, parse_cursor
+from tidings.errors import NotFound
+from tidings.keys import check_run_id
+from tidings.streamid import StreamId, parse_cursor
 
 from .access import principal_of
 from .context import Gateway, gateway

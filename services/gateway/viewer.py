@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.types import Receive, Send
 
-from shared.streamid import StreamId
+from tidings.streamid import StreamId
 
 from .messages import Message, Render, chunk
 from .metrics import Stats

@@ -1,11 +1,11 @@
-"""`python -m services.worker`: one worker, configured from the environment."""
+"""`python -m tidings.services.worker`: one worker, configured from the environment."""
 
 from __future__ import annotations
 
 import logging
 import sys
 
-from shared.settings import Settings
+from tidings.settings import Settings
 
 from .main import run_worker
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
-from shared.bus import Bus
-from shared.control import Control
-from shared.jobs import JobQueue
-from shared.keys import Keys
-from shared.settings import Settings
+from tidings.bus import Bus
+from tidings.control import Control
+from tidings.jobs import JobQueue
+from tidings.keys import Keys
+from tidings.settings import Settings
 
 from .leases import Leases
 

@@ -10,7 +10,7 @@ idle worker wakes, so the claim matters too: it is one script (same checks, same
 as arq's) instead of arq's four round trips per job and per worker that loses the race.
 
 Other settings, and why:
-- JSON job payloads both ways (`shared.jobs`), never pickle.
+- JSON job payloads both ways (`tidings.jobs`), never pickle.
 - `retry_jobs=False` and no stored results (`keep_result=0`): durability is by lease, and a job
   that fails or is cancelled is never re-run by arq. Job timeouts are effectively off (a run may
   be endless); the sweeper, not arq's timeout, recovers a run whose worker died.
@@ -18,7 +18,8 @@ Other settings, and why:
   script removes the job from the queue), so its TTL is short: a worker killed in that moment
   delays the job by seconds, not by the longest job timeout.
 - Runs may hold all but a quarter of the job slots (`run_slots`): the rest is kept for tasks.
-- Signals are ours (`services.worker.main`): SIGTERM hands runs back before arq cancels tasks.
+- Signals are ours (`tidings.services.worker.main`): SIGTERM hands runs back before arq cancels
+  tasks.
 
 Fair claiming. Every idle worker hears every doorbell, and Redis delivers a message to its
 subscribers in the order they subscribed, so in a plain race the same worker would win almost
@@ -41,7 +42,7 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
-from shared.jobs import RUN_JOB, RUN_JOB_PREFIX, TASK_JOB, dumps_job, loads_job
+from tidings.jobs import RUN_JOB, RUN_JOB_PREFIX, TASK_JOB, dumps_job, loads_job
 
 from .context import Engine
 from .outage import OUTAGE_ERRORS, OutageNotice

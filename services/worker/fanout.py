@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from shared import codec
-from shared.events import EventType
-from shared.jobs import TASK_JOB, task_job_id
-from shared.workflow import TaskSpec, get_activity
+from tidings import codec
+from tidings.events import EventType
+from tidings.jobs import TASK_JOB, task_job_id
+from tidings.workflow import TaskSpec, get_activity
 
 from .outage import until_redis
 from .run import failed_message, retrying_message

@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from shared.errors import Fenced, NotFound, RunFinished
-from shared.events import EventType
-from shared.jobs import run_job_id
+from tidings.errors import Fenced, NotFound, RunFinished
+from tidings.events import EventType
+from tidings.jobs import run_job_id
 
 from .context import Engine
 

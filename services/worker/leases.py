@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.keys import Keys
+from tidings.keys import Keys
 
 __all__ = ["Leases"]
 

@@ -8,7 +8,7 @@
   jitter, a longer wait before the first). Its `name` is `simulated` and `simulated` is True, so
   whatever shows its output can say so. A prompt that asks for "N questions" gets a numbered list.
 - `openai`: any OpenAI-compatible `/chat/completions` endpoint (OpenAI, Ollama, vLLM, llama.cpp)
-  with `stream: true`; the SSE body is parsed with `shared.sse.SSEParser` and each
+  with `stream: true`; the SSE body is parsed with `tidings.sse.SSEParser` and each
   `choices[0].delta.content` is yielded. Transport and protocol failures become `LLMError`.
   Cancelling the consumer closes the HTTP response (the `async with` blocks unwind), so a
   cancelled run stops the server-side generation too.
@@ -30,9 +30,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
-from shared.errors import TidingsError
-from shared.settings import Settings
-from shared.sse import SSEParser
+from tidings.errors import TidingsError
+from tidings.settings import Settings
+from tidings.sse import SSEParser
 
 __all__ = ["LLM", "LLMError", "OpenAICompatible", "SimulatedLLM", "make_llm"]
 

@@ -16,10 +16,10 @@ import signal
 
 from arq.connections import ArqRedis
 
-from shared.jobs import dumps_job, loads_job
-from shared.redis import connect
-from shared.runs import ensure_schema
-from shared.settings import Settings
+from tidings.jobs import dumps_job, loads_job
+from tidings.redis import connect
+from tidings.runs import ensure_schema
+from tidings.settings import Settings
 
 from .context import Engine, worker_name
 from .dispatch import TidingsWorker, listen_doorbell

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from shared.bus import Bus, PublishCommand
-from shared.errors import Fenced
-from shared.events import Event, EventType
+from tidings.bus import Bus, PublishCommand
+from tidings.errors import Fenced
+from tidings.events import Event, EventType
 
 from .outage import until_redis
 

@@ -1,4 +1,4 @@
-"""`RunHandle`: the concrete `shared.workflow.Run` a workflow function receives.
+"""`RunHandle`: the concrete `tidings.workflow.Run` a workflow function receives.
 
 Decisions:
 - A step's result is stored as JSON and what `step` returns is that JSON read back (dicts, lists,
@@ -25,10 +25,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shared import codec
-from shared.errors import Fenced, RunFinished
-from shared.events import LIFECYCLE_STATUS, EventType
-from shared.workflow import Run, Signal, TaskSpec
+from tidings import codec
+from tidings.errors import Fenced, RunFinished
+from tidings.events import LIFECYCLE_STATUS, EventType
+from tidings.workflow import Run, Signal, TaskSpec
 
 from .context import EngineViews
 from .outage import until_redis

@@ -27,11 +27,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import codec
-from shared.errors import Fenced, NotFound, RunFinished, StorageFull
-from shared.events import EventType
-from shared.jobs import run_job_id
-from shared.workflow import get_workflow
+from tidings import codec
+from tidings.errors import Fenced, NotFound, RunFinished, StorageFull
+from tidings.events import EventType
+from tidings.jobs import run_job_id
+from tidings.workflow import get_workflow
 
 from .context import Engine
 from .handback import hand_back_run

@@ -2,7 +2,7 @@
 
 The list `<ns>:run:{ID}:signals` is never popped: it is the durable history of every request.
 A (re-)executing run reads it from the start and folds it into its current state with
-`shared.signals` (the fold `Control.signal` uses too): stop and cancel are sticky, pause/resume
+`tidings.signals` (the fold `Control.signal` uses too): stop and cancel are sticky, pause/resume
 is the last of them, messages form an ordered inbox. So a run
 re-executed after a crash is paused if it was paused, still stops, and replays its chat inbox in
 order (the replies are checkpointed steps, so nothing is answered twice).
@@ -21,9 +21,9 @@ from functools import partial
 
 from redis.asyncio import Redis
 
-from shared.keys import Keys
-from shared.signals import SignalFold, decode_signal
-from shared.workflow import Signal
+from tidings.keys import Keys
+from tidings.signals import SignalFold, decode_signal
+from tidings.workflow import Signal
 
 from .outage import until_redis
 

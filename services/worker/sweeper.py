@@ -34,7 +34,7 @@ import asyncio
 import logging
 import time
 
-from shared.jobs import run_job_id
+from tidings.jobs import run_job_id
 
 from .context import Engine
 from .handback import requeue

@@ -18,11 +18,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from shared import codec
-from shared.errors import Fenced, RunFinished
-from shared.events import EventType
-from shared.jobs import TASK_JOB, task_job_id
-from shared.workflow import TaskContext, get_activity
+from tidings import codec
+from tidings.errors import Fenced, RunFinished
+from tidings.events import EventType
+from tidings.jobs import TASK_JOB, task_job_id
+from tidings.workflow import TaskContext, get_activity
 
 from .context import EngineViews
 from .handback import hand_back_task

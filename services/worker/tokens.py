@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shared.events import EventType
+from tidings.events import EventType
 
 from .llm import LLM
 from .publisher import Publisher

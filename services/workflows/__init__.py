@@ -1,4 +1,4 @@
-"""The shipped workflows. Importing this package registers them (see shared.workflow)."""
+"""The shipped workflows. Importing this package registers them (see tidings.workflow)."""
 
 from __future__ import annotations
 

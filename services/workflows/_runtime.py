@@ -4,7 +4,7 @@
   simulated model is labelled as such. It uses the handle's `llm` attribute when the engine
   provides one (the same model `stream_llm` uses) and otherwise builds one from the worker's
   settings.
-- `control_for(run)`: a `shared.control.Control` for tools that start, list or stop other runs.
+- `control_for(run)`: a `tidings.control.Control` for tools that start, list or stop other runs.
   It uses the handle's `control` attribute when present; otherwise it builds one from the handle's
   `settings` (or, failing that, from the environment the worker was started with) on its own
   short-lived Redis connection, closed when the block exits. Tools are rare; a connection per
@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from services.worker.llm import LLM, make_llm
-from shared.settings import Settings
+from tidings.services.worker.llm import LLM, make_llm
+from tidings.settings import Settings
 
 if TYPE_CHECKING:
-    from shared.control import Control
+    from tidings.control import Control
 
 __all__ = ["control_for", "model_info", "settings_of"]
 
@@ -51,15 +51,15 @@ def model_info(handle: object) -> dict[str, Any]:
 
 @asynccontextmanager
 async def control_for(handle: object) -> AsyncIterator[Control]:
-    from shared.control import Control
+    from tidings.control import Control
 
     existing = getattr(handle, "control", None)
     if isinstance(existing, Control):
         yield existing
         return
-    from shared.bus import Bus
-    from shared.keys import Keys
-    from shared.redis import connect
+    from tidings.bus import Bus
+    from tidings.keys import Keys
+    from tidings.redis import connect
 
     settings = settings_of(handle)
     if not settings.redis_url:

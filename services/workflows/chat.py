@@ -25,9 +25,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.worker.llm import LLMError
-from shared.events import EventType, now_iso
-from shared.workflow import Run, workflow
+from tidings.events import EventType, now_iso
+from tidings.services.worker.llm import LLMError
+from tidings.workflow import Run, workflow
 
 from ._runtime import model_info
 from .chat_tools import parse_intent, run_tool

@@ -1,7 +1,7 @@
 """The chat agent's tools and the plain intent parser that picks one.
 
 Tools have real effects: `start_run`, `list_runs`, `signal_run` and `run_status` go through
-`shared.control.Control` (the same code path as the HTTP API, so validation, events and errors
+`tidings.control.Control` (the same code path as the HTTP API, so validation, events and errors
 are identical); `calculate` is the AST-walking calculator; `clock` reads the system clock.
 
 Intent parsing is a handful of anchored regular expressions, not a model: a tool with side effects
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.errors import NotFound, TidingsError
-from shared.events import RunStatus
-from shared.workflow import Run
+from tidings.errors import NotFound, TidingsError
+from tidings.events import RunStatus
+from tidings.workflow import Run
 
 from ._runtime import control_for
 from .calculator import NAMES, CalculatorError, calculate, format_number

@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from shared.events import EventType
-from shared.workflow import Run, workflow
+from tidings.events import EventType
+from tidings.workflow import Run, workflow
 
 __all__ = ["QUOTES", "MontyInput", "monty"]
 

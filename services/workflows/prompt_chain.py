@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from shared.events import EventType
-from shared.workflow import Run, TaskContext, activity, workflow
+from tidings.events import EventType
+from tidings.workflow import Run, TaskContext, activity, workflow
 
 from ._runtime import model_info
 

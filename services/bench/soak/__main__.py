@@ -1,4 +1,4 @@
-"""`python -m services.bench.soak [--profile short|long] [--seed N] [--json PATH]`.
+"""`python -m tidings.services.bench.soak [--profile short|long] [--seed N] [--json PATH]`.
 
 Exit status 0 when every check held, 1 when any failed (each is printed), 2 on bad arguments.
 """
@@ -16,7 +16,9 @@ from .profile import PROFILES
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.bench.soak", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tidings.services.bench.soak", description=__doc__
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="write the whole report as JSON")

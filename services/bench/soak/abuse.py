@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from shared.settings import Settings
+from tidings.settings import Settings
 
 from .catalog import Item, catalog
 from .client import raw_exchange

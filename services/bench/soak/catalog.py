@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.settings import Settings
+from tidings.settings import Settings
 
 __all__ = ["Item", "catalog"]
 

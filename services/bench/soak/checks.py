@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.keys import Keys
+from tidings.keys import Keys
 
 from .viewers import RESYNC, TERMINAL, ViewerLog
 from .workload import RunRecord

@@ -23,8 +23,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.redis import connect
-from shared.settings import Settings
+from tidings.redis import connect
+from tidings.settings import Settings
 
 from .abuse import Abuse
 from .catalog import Item, catalog

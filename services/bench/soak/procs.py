@@ -23,11 +23,11 @@ import httpx
 import psutil
 from redis.asyncio import Redis
 
-from shared.embedded import EmbeddedValkey, die_with_parent, free_port
-from shared.jobs import workers_listening
-from shared.keys import Keys
-from shared.redis import connect
-from shared.settings import Settings
+from tidings.embedded import EmbeddedValkey, die_with_parent, free_port
+from tidings.jobs import workers_listening
+from tidings.keys import Keys
+from tidings.redis import connect
+from tidings.settings import Settings
 
 __all__ = ["Child", "Stack", "StackError", "raised_limits"]
 

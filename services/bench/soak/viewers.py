@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from shared.sse import SSEMessage, SSEParser
+from tidings.sse import SSEMessage, SSEParser
 
 from .client import Conn, open_conn
 from .world import World

@@ -26,18 +26,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from services.gateway.access import Need, authorize
-from services.gateway.bodies import parse_model, read_json
-from services.gateway.limits import start_limited
-from services.gateway.run_routes import control_of
-from services.gateway.streaming import stream_run
-from shared import codec
-from shared.errors import Conflict, NotFound
-from shared.events import TERMINAL_STATUSES, now_iso
-from shared.keys import check_run_id
-from shared.sse import encode
-from shared.streamid import StreamId, parse_cursor
-from shared.workflow import get_workflow
+from tidings import codec
+from tidings.errors import Conflict, NotFound
+from tidings.events import TERMINAL_STATUSES, now_iso
+from tidings.keys import check_run_id
+from tidings.services.gateway.access import Need, authorize
+from tidings.services.gateway.bodies import parse_model, read_json
+from tidings.services.gateway.limits import start_limited
+from tidings.services.gateway.run_routes import control_of
+from tidings.services.gateway.streaming import stream_run
+from tidings.sse import encode
+from tidings.streamid import StreamId, parse_cursor
+from tidings.workflow import get_workflow
 
 __all__ = [
     "create_definition",
