@@ -50,9 +50,9 @@ from .events import Event, EventType, RunStatus
 from .jobs import JobQueue, job_key, run_job_id, signal_doorbell
 from .keys import Keys, check_run_id
 from .runs import RunRecord, RunStore
+from .sdk import registry
 from .settings import Settings
 from .signals import fold_signals
-from .workflow import get_workflow
 
 __all__ = ["SIGNAL_NAMES", "Control"]
 
@@ -92,7 +92,7 @@ class Control:
         """Validate, record and enqueue a run. NotFound, InvalidInput, Conflict (id taken).
 
         `owner`: the client that started it (the gateway's client id, never a credential)."""
-        definition = get_workflow(workflow)
+        definition = registry.get_workflow(workflow)
         self._check_size("input", input)
         try:
             model = definition.Input.model_validate({} if input is None else input)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from . import codec
-from .workflow import Signal
+from .sdk import Signal
 
 __all__ = ["SignalFold", "decode_signal", "fold_signals"]
 

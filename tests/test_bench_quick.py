@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tidings.sdk import registry
 from tidings.services.bench import crowd_client
 from tidings.services.bench.harness import percentile
 from tidings.services.bench.runner import BENCHMARKS
 from tidings.services.bench.workflows import EMIT
-from tidings.workflow import get_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -152,7 +152,7 @@ def test_bench_rejects_an_unknown_benchmark() -> None:
 
 
 def test_the_bench_workflow_is_registered_for_the_benchmark_only() -> None:
-    definition = get_workflow(EMIT)
+    definition = registry.get_workflow(EMIT)
     assert definition.Input.model_validate({"n": 5}).model_dump() == {"n": 5}
     assert "publish" in BENCHMARKS
     # The shipped catalog does not list it: only importing tidings.services.bench registers it.
@@ -160,8 +160,8 @@ def test_the_bench_workflow_is_registered_for_the_benchmark_only() -> None:
         [
             sys.executable,
             "-c",
-            "from tidings.workflow import WORKFLOWS, get_workflow; get_workflow('research'); "
-            "print(sorted(WORKFLOWS))",
+            "import tidings.services.workflows; from tidings import registry; "
+            "print(sorted(registry.workflows))",
         ],
         capture_output=True,
         text=True,

@@ -14,13 +14,13 @@ from tidings.bus import Bus
 from tidings.control import Control
 from tidings.errors import InvalidInput
 from tidings.keys import Keys
+from tidings.sdk import registry
 from tidings.services.workflows.calculator import CalculatorError, calculate, format_number
 from tidings.services.workflows.chat_tools import ToolCall, parse_intent
 from tidings.services.workflows.monty import MontyInput
 from tidings.services.workflows.prompt_chain import ChainInput, layers, render
 from tidings.services.workflows.research import ResearchInput, parse_queries, parse_questions
 from tidings.settings import Settings
-from tidings.workflow import WORKFLOWS, get_workflow
 
 # --- prompt_chain --------------------------------------------------------------------------------
 
@@ -97,10 +97,11 @@ def test_research_and_monty_inputs_validate_bounds() -> None:
 
 
 def test_every_shipped_workflow_is_registered_with_a_schema() -> None:
-    get_workflow("research")
+    import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
+
     shipped = {"research", "prompt_chain", "monty", "chat"}
-    assert shipped <= set(WORKFLOWS)
-    for definition in (WORKFLOWS[name] for name in shipped):
+    assert shipped <= set(registry.workflows)
+    for definition in (registry.workflows[name] for name in shipped):
         assert definition.description
         assert definition.schema()["type"] == "object"
 

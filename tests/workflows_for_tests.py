@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tidings.events import EventType
-from tidings.workflow import Run, TaskContext, activity, workflow
+from tidings.sdk import Run, TaskContext, activity, workflow
 
 WORKER = f"pid:{os.getpid()}"
 
@@ -52,7 +52,7 @@ async def t_work(
 ) -> dict[str, Any]:
     await ctx.progress(0.5, f"half of {i}")
     await asyncio.sleep(sleep_s)
-    if broken or (flaky and getattr(ctx, "try_", 0) == 0):
+    if broken or (flaky and ctx.info.try_ == 0):
         raise RuntimeError(f"{'broken' if broken else 'flaky'} {i}")
     return {"i": i, "pid": os.getpid()}
 

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tidings.events import EventType
-from tidings.workflow import Run, workflow
+from tidings.sdk import Run, workflow
 
 __all__ = ["EMIT", "EmitInput", "bench_emit"]
 

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from tidings.control import SIGNAL_NAMES
 from tidings.events import Event
 from tidings.runs import RunRecord
-from tidings.workflow import WORKFLOWS
+from tidings.sdk import registry
 
 from .run_routes import StartRun
 
@@ -24,7 +24,7 @@ def openapi_spec() -> dict[str, Any]:
     import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
 
     models: list[type[BaseModel]] = [StartRun, RunRecord, Event]
-    models += [d.Input for d in sorted(WORKFLOWS.values(), key=lambda d: d.name)]
+    models += [d.Input for d in sorted(registry.workflows.values(), key=lambda d: d.name)]
     _, defs = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )

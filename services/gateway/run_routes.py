@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from tidings.control import Control
 from tidings.errors import InvalidInput
 from tidings.runs import RunRecord
-from tidings.workflow import WORKFLOWS
+from tidings.sdk import registry
 
 from .access import Need, authorize
 from .bodies import parse_model, read_json
@@ -68,7 +68,7 @@ def _catalog() -> list[dict[str, Any]]:
 
     return [
         {"name": d.name, "description": d.description, "input_schema": d.schema()}
-        for d in sorted(WORKFLOWS.values(), key=lambda d: d.name)
+        for d in sorted(registry.workflows.values(), key=lambda d: d.name)
     ]
 
 

@@ -114,3 +114,8 @@ class EngineViews:
     @property
     def control(self) -> Control:
         return self.engine.control
+
+    @property
+    def runs(self) -> Control:
+        """`Run.runs`: other runs, through the same `Control` as the HTTP API."""
+        return self.engine.control

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from tidings import codec
 from tidings.events import EventType
 from tidings.jobs import TASK_JOB, task_job_id
-from tidings.workflow import TaskSpec, get_activity
+from tidings.sdk import TaskFailed, TaskSpec, registry
 
 from .outage import until_redis
 from .run import failed_message, retrying_message
@@ -44,10 +44,6 @@ __all__ = ["TaskFailed", "run_parallel"]
 
 # Worker losses a task may suffer beyond its failure retries before it fails for good.
 _LOST_EXTRA = 3
-
-
-class TaskFailed(Exception):
-    """A fanned-out task failed after its retries."""
 
 
 async def run_parallel(
@@ -75,7 +71,9 @@ async def run_parallel(
         await run.checkpoint()
         by_id = dict(zip(ids, specs, strict=True))
         for tid in pending:
-            get_activity(by_id[tid].activity)  # unknown activity: fail the run here, not later
+            registry.get_activity(
+                by_id[tid].activity
+            )  # unknown activity: fail the run here, not later
         tries = {tid: 0 for tid in pending}
 
         async def enqueue_all() -> None:

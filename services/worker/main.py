@@ -58,6 +58,7 @@ async def serve(
     """Serve until `stop` is set (or SIGTERM/SIGINT when `handle_signals`), then hand back."""
     if not settings.redis_url:
         raise ValueError("a worker needs REDIS_URL (or TIDINGS_REDIS_URL)")
+    importlib.import_module("tidings.services.workflows")  # the shipped workflows register
     extra = os.environ.get(TEST_WORKFLOWS_ENV)
     if extra:
         importlib.import_module(extra)

@@ -1,4 +1,4 @@
-"""`RunHandle`: the concrete `tidings.workflow.Run` a workflow function receives.
+"""`RunHandle`: the concrete `tidings.sdk.Run` a workflow function receives.
 
 Decisions:
 - A step's result is stored as JSON and what `step` returns is that JSON read back (dicts, lists,
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tidings import codec
 from tidings.errors import Fenced, RunFinished
 from tidings.events import LIFECYCLE_STATUS, EventType
-from tidings.workflow import Run, Signal, TaskSpec
+from tidings.sdk import Run, RunInfo, Signal, TaskSpec
 
 from .context import EngineViews
 from .outage import until_redis
@@ -59,6 +59,7 @@ class RunHandle(EngineViews):
         self.run_id = run_id
         self.attempt = attempt
         self.workflow = ""  # set by `load`
+        self.version = "1"  # set by `load`
         self.input: Any = None
         self.publisher = Publisher(engine.bus, run_id, attempt, on_error=self._publish_failed)
         self.signals = SignalBox(engine.redis, engine.keys, run_id)
@@ -80,6 +81,10 @@ class RunHandle(EngineViews):
     def state(self) -> dict[str, Any]:
         return self._state
 
+    @property
+    def info(self) -> RunInfo:
+        return RunInfo(self.run_id, self.workflow, self.version, self.attempt)
+
     # -- lifecycle (used by the runner) ---------------------------------------------------------
 
     async def load(self) -> None:
@@ -87,10 +92,11 @@ class RunHandle(EngineViews):
 
         One round trip, signal history included.
         """
-        (workflow, input), steps, state, signals = await until_redis(
+        (workflow, version, input), steps, state, signals = await until_redis(
             self._read_all, f"run {self.run_id} attempt {self.attempt}: load"
         )
         self.workflow = workflow.decode() if workflow else ""
+        self.version = version.decode() if version else "1"
         self.input = codec.loads(input) if input else None
         self.steps = {k.decode(): v for k, v in steps.items()}
         self._state = codec.loads(state) if state else {}
@@ -100,7 +106,7 @@ class RunHandle(EngineViews):
     async def _read_all(self) -> list[Any]:
         keys = self.engine.keys
         async with self.engine.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.run(self.run_id), ["workflow", "input"])
+            pipe.hmget(keys.run(self.run_id), ["workflow", "version", "input"])
             pipe.hgetall(keys.steps(self.run_id))
             pipe.get(keys.state(self.run_id))
             pipe.lrange(keys.signals(self.run_id), 0, -1)

@@ -31,7 +31,7 @@ from tidings import codec
 from tidings.errors import Fenced, NotFound, RunFinished, StorageFull
 from tidings.events import EventType
 from tidings.jobs import run_job_id
-from tidings.workflow import get_workflow
+from tidings.sdk import registry
 
 from .context import Engine
 from .handback import hand_back_run
@@ -140,7 +140,7 @@ async def _drive(handle: RunHandle) -> None:
 
 
 async def _body(handle: RunHandle) -> Any:
-    definition = get_workflow(handle.workflow)
+    definition = registry.get_workflow(handle.workflow)
     model = definition.Input.model_validate(handle.input or {})
     return await definition.fn(handle, model)
 

@@ -22,8 +22,8 @@ from functools import partial
 from redis.asyncio import Redis
 
 from tidings.keys import Keys
+from tidings.sdk import Signal
 from tidings.signals import SignalFold, decode_signal
-from tidings.workflow import Signal
 
 from .outage import until_redis
 

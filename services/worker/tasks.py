@@ -22,7 +22,7 @@ from tidings import codec
 from tidings.errors import Fenced, RunFinished
 from tidings.events import EventType
 from tidings.jobs import TASK_JOB, task_job_id
-from tidings.workflow import TaskContext, get_activity
+from tidings.sdk import RunInfo, TaskContext, registry
 
 from .context import EngineViews
 from .handback import hand_back_task
@@ -63,6 +63,18 @@ class TaskExecution(EngineViews):
         self.publisher = Publisher(engine.bus, run_id, attempt, on_error=self._publish_failed)
         self.abort_reason: str | None = None
         self.main: asyncio.Task[Any] | None = None
+
+    @property
+    def info(self) -> RunInfo:
+        return RunInfo(
+            run_id=self.run_id,
+            workflow=str(self.spec.get("workflow", "")),
+            version=str(self.spec.get("version", "1")),
+            attempt=self.attempt,
+            try_=self.try_,
+            task_id=self.task_id,
+            task=self.name,
+        )
 
     @property
     def lease_key(self) -> str:
@@ -147,7 +159,7 @@ class TaskExecution(EngineViews):
         args = self.spec.get("args") or []
         kwargs = self.spec.get("kwargs") or {}
         try:
-            activity = get_activity(self.spec["activity"])
+            activity = registry.get_activity(self.spec["activity"])
             self.main = asyncio.ensure_future(activity.fn(self, *args, **kwargs))
             result = await self.main
         except asyncio.CancelledError:

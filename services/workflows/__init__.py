@@ -1,4 +1,4 @@
-"""The shipped workflows. Importing this package registers them (see tidings.workflow)."""
+"""The shipped workflows. Importing this package registers them (see tidings.sdk)."""
 
 from __future__ import annotations
 

@@ -26,8 +26,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tidings.events import EventType, now_iso
+from tidings.sdk import Run, workflow
 from tidings.services.worker.llm import LLMError
-from tidings.workflow import Run, workflow
 
 from ._runtime import model_info
 from .chat_tools import parse_intent, run_tool

@@ -18,9 +18,8 @@ from typing import Any
 
 from tidings.errors import NotFound, TidingsError
 from tidings.events import RunStatus
-from tidings.workflow import Run
+from tidings.sdk import Run, Runs
 
-from ._runtime import control_for
 from .calculator import NAMES, CalculatorError, calculate, format_number
 
 __all__ = ["ToolCall", "parse_intent", "run_tool"]
@@ -119,48 +118,44 @@ async def _dispatch(run: Run, call: ToolCall) -> tuple[str, Any]:
         return f"It is {now:%H:%M:%S} UTC on {now:%A, %d %B %Y}.", {"utc": stamp}
     if call.name == "help":
         return _HELP_TEXT, None
-    async with control_for(run) as control:
-        if call.name == "start_run":
-            workflow = call.args["workflow"]
-            input: dict[str, Any] = {}
-            if workflow == "research":
-                input = {"topic": call.args.get("topic") or "recent advances in the field"}
-            elif workflow == "prompt_chain":
-                prompt = call.args.get("topic") or "Say hello."
-                input = {"tasks": [{"name": "answer", "prompt": prompt}]}
-            record = await control.start(workflow, input)
-            return f"Started {workflow} run {record.run_id}.", {
-                "run_id": record.run_id,
-                "workflow": workflow,
-            }
-        if call.name == "list_runs":
-            status = RunStatus(call.args["status"]) if "status" in call.args else None
-            runs, _ = await control.list_runs(
-                workflow=call.args.get("workflow"), status=status, limit=10
-            )
-            runs = [r for r in runs if r.run_id != run.run_id]
-            if not runs:
-                return "No matching runs.", {"runs": []}
-            lines = [f"{r.run_id} {r.workflow} {r.status.value} {r.progress:.0f}%" for r in runs]
-            rows = [
-                {"run_id": r.run_id, "workflow": r.workflow, "status": r.status.value} for r in runs
-            ]
-            return f"{len(runs)} run(s):\n" + "\n".join(lines), {"runs": rows}
-        if call.name in ("signal_run", "run_status"):
-            target = await _resolve(run, control, call.args["target"])
-            if call.name == "run_status":
-                rec = await control.get(target)
-                text = (
-                    f"Run {target} ({rec.workflow}) is {rec.status.value} at {rec.progress:.0f}%."
-                )
-                return text, {"run_id": target, "status": rec.status.value}
-            signal = call.args["signal"]
-            await control.signal(target, signal)
-            return f"Sent {signal} to run {target}.", {"run_id": target, "signal": signal}
+    control = run.runs
+    if call.name == "start_run":
+        workflow = call.args["workflow"]
+        input: dict[str, Any] = {}
+        if workflow == "research":
+            input = {"topic": call.args.get("topic") or "recent advances in the field"}
+        elif workflow == "prompt_chain":
+            prompt = call.args.get("topic") or "Say hello."
+            input = {"tasks": [{"name": "answer", "prompt": prompt}]}
+        record = await control.start(workflow, input)
+        return f"Started {workflow} run {record.run_id}.", {
+            "run_id": record.run_id,
+            "workflow": workflow,
+        }
+    if call.name == "list_runs":
+        status = RunStatus(call.args["status"]) if "status" in call.args else None
+        runs, _ = await control.list_runs(
+            workflow=call.args.get("workflow"), status=status, limit=10
+        )
+        runs = [r for r in runs if r.run_id != run.run_id]
+        if not runs:
+            return "No matching runs.", {"runs": []}
+        lines = [f"{r.run_id} {r.workflow} {r.status!s} {r.progress:.0f}%" for r in runs]
+        rows = [{"run_id": r.run_id, "workflow": r.workflow, "status": str(r.status)} for r in runs]
+        return f"{len(runs)} run(s):\n" + "\n".join(lines), {"runs": rows}
+    if call.name in ("signal_run", "run_status"):
+        target = await _resolve(run, control, call.args["target"])
+        if call.name == "run_status":
+            rec = await control.get(target)
+            text = f"Run {target} ({rec.workflow}) is {rec.status!s} at {rec.progress:.0f}%."
+            return text, {"run_id": target, "status": str(rec.status)}
+        signal = call.args["signal"]
+        await control.signal(target, signal)
+        return f"Sent {signal} to run {target}.", {"run_id": target, "signal": signal}
     raise AssertionError(f"unknown tool {call.name!r}")
 
 
-async def _resolve(run: Run, control: Any, target: str) -> str:
+async def _resolve(run: Run, control: Runs, target: str) -> str:
     """A workflow name means its newest unfinished run other than this chat; else a run ID."""
     if target.lower() not in _WORKFLOWS.split("|"):
         return target

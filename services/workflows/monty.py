@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from tidings.events import EventType
-from tidings.workflow import Run, workflow
+from tidings.sdk import Run, workflow
 
 __all__ = ["QUOTES", "MontyInput", "monty"]
 

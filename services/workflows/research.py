@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tidings.events import EventType
-from tidings.workflow import Run, TaskContext, activity, workflow
+from tidings.sdk import Run, TaskContext, activity, workflow
 
 from ._runtime import model_info
 

@@ -30,6 +30,7 @@ from tidings import codec
 from tidings.errors import Conflict, NotFound
 from tidings.events import TERMINAL_STATUSES, now_iso
 from tidings.keys import check_run_id
+from tidings.sdk import registry
 from tidings.services.gateway.access import Need, authorize
 from tidings.services.gateway.bodies import parse_model, read_json
 from tidings.services.gateway.limits import start_limited
@@ -37,7 +38,6 @@ from tidings.services.gateway.run_routes import control_of
 from tidings.services.gateway.streaming import stream_run
 from tidings.sse import encode
 from tidings.streamid import StreamId, parse_cursor
-from tidings.workflow import get_workflow
 
 __all__ = [
     "create_definition",
@@ -93,7 +93,7 @@ async def create_definition(request: Request) -> JSONResponse:
     authorize(request, Need.CONTROL)
     body = parse_model(_SeedCreate, await read_json(request))
     workflow, raw_input = _seed_input(body)
-    definition = get_workflow(workflow)
+    definition = registry.get_workflow(workflow)
     model = parse_model(definition.Input, raw_input, f"{workflow} input")
     ctx = request.app.state.ctx
     def_id = str(uuid.uuid4())
