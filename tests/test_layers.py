@@ -48,9 +48,7 @@ def _imports(module: str, path: Path, *, module_level: bool) -> Iterator[str]:
     def visit(nodes: list[ast.stmt]) -> Iterator[str]:
         for node in nodes:
             if isinstance(node, ast.If) and _is_type_checking(node):
-                if not module_level:
-                    yield from visit(node.body)
-                yield from visit(node.orelse)
+                yield from visit(node.orelse)  # what is under TYPE_CHECKING never runs
                 continue
             if isinstance(node, ast.Import):
                 yield from (alias.name for alias in node.names)
