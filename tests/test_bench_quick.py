@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
+from tests.test_bench_targets import assert_met_follows_from_figures
 from tidings.sdk import registry
 from tidings.services.bench import crowd_client
 from tidings.services.bench.harness import percentile
@@ -41,7 +42,7 @@ def _bench(tmp_path: Path, names: list[str], timeout: float) -> tuple[str, dict[
     for result in results.values():
         assert not result["error"], result["error"]
         assert result["figure"] > 0 and result["baseline"] > 0 and result["ratio"] > 0
-        assert result["target"] and result["met"] in (True, False)
+        assert_met_follows_from_figures(result)
     assert "Tidings benchmarks" in done.stdout
     return done.stdout, results
 

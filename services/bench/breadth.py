@@ -28,6 +28,7 @@ from tidings.settings import Settings
 
 from .harness import BenchError, Result, Servers
 from .listen import next_matching, wait_workers
+from .targets import Target
 
 __all__ = ["bench_breadth"]
 
@@ -89,8 +90,7 @@ async def bench_breadth(srv: Servers, quick: bool) -> Result:
         baseline=one,
         baseline_label="the same run on 1 worker",
         ratio=ratio,
-        target=f">= {_TARGET}x faster",
-        met=ratio >= _TARGET,
+        targets=[Target("ratio", ">=", _TARGET, f">= {_TARGET}x faster")],
         details={
             "breadth": _BREADTH,
             "max_jobs_per_worker": _MAX_JOBS,

@@ -30,6 +30,7 @@ from .hubs import FLOOR, LABELS, NAIVE, SSE_STARLETTE, TIDINGS, Hub, running
 from .measure import bench_bus, create_runs
 from .paced import publish_marker, publish_terminal
 from .report import ratio
+from .targets import Target
 
 __all__ = ["bench_idle"]
 
@@ -121,8 +122,7 @@ async def bench_idle(srv: Servers, quick: bool) -> Result:
         baseline=sse,
         baseline_label=LABELS[SSE_STARLETTE],
         ratio=ratio(sse, figure),
-        target=f"<= {_TARGET_KB:.0f} KB per viewer",
-        met=figure is not None and figure <= _TARGET_KB,
+        targets=[Target("figure", "<=", _TARGET_KB, f"<= {_TARGET_KB:.0f} KB per viewer")],
         details={
             "viewers": viewers,
             "idle_s": idle_s,

@@ -25,6 +25,8 @@ import httpx
 from tidings.embedded import EmbeddedValkey, die_with_parent, free_port, stop_process
 from tidings.keys import Keys
 
+from .targets import Target, verdict
+
 __all__ = ["BENCH_GATEWAY", "BenchError", "Result", "Servers", "percentile"]
 
 
@@ -34,7 +36,11 @@ class BenchError(RuntimeError):
 
 @dataclass
 class Result:
-    """One benchmark's outcome. `ratio` is always "how many times better than the baseline"."""
+    """One benchmark's outcome. `ratio` is always "how many times better than the baseline".
+
+    `targets` say what the figures should be; `met` is derived from them and the figures
+    (`tidings.services.bench.targets`), never set by hand. `figures` holds the named figures a
+    target may refer to beyond `figure`, `baseline` and `ratio`."""
 
     name: str
     title: str
@@ -43,15 +49,37 @@ class Result:
     baseline: float | None = None
     baseline_label: str = ""
     ratio: float | None = None
-    target: str = ""
-    met: bool | None = None
+    targets: list[Target] = field(default_factory=list)
+    figures: dict[str, float | None] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
 
+    def all_figures(self) -> dict[str, float | None]:
+        return {
+            **self.figures,
+            "figure": self.figure,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+        }
+
+    @property
+    def target(self) -> str:
+        return "; ".join(t.label for t in self.targets)
+
+    @property
+    def met(self) -> bool | None:
+        """None for a result in error or without targets; else whether every target is met."""
+        return None if self.error else verdict(self.targets, self.all_figures())
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        figures = self.all_figures()
+        out["targets"] = [t.as_dict(figures) for t in self.targets]
+        out["target"] = self.target
+        out["met"] = self.met
+        return out
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -31,6 +31,7 @@ from tidings.settings import Settings
 from .arq_baseline import connect_pool
 from .harness import BenchError, Result, Servers
 from .listen import next_matching
+from .targets import Target
 
 __all__ = ["bench_recovery"]
 
@@ -146,8 +147,7 @@ async def bench_recovery(srv: Servers, quick: bool) -> Result:
         baseline=baseline,
         baseline_label=label,
         ratio=baseline / figure,
-        target=f"<= {_TARGET_S:.0f} s",
-        met=figure <= _TARGET_S,
+        targets=[Target("figure", "<=", _TARGET_S, f"<= {_TARGET_S:.0f} s")],
         details={
             "samples": len(resumed),
             "to_worker_lost_s": lost,
