@@ -1,6 +1,7 @@
 """Every Redis key and channel name Tidings uses, spelled once.
 
-Schema version 1 (stored at `<ns>:schema`). `<ns>` is the namespace setting, `tidings` by default.
+Schema version 2 (stored at `<ns>:schema`; `tidings migrate` upgrades a schema-1 keyspace, see
+`tidings.migrate_schema2`). `<ns>` is the namespace setting, `tidings` by default.
 A run's keys share the hash tag `{ID}` so a Redis Cluster keeps them in one slot, which the atomic
 publish script needs.
 
@@ -32,6 +33,7 @@ publish script needs.
 | `<ns>:stream_runs`           | zset    | runs a seed stream started → when they are orphaned (ms) |
 | `<ns>:stream_runs:ends`      | zset    | the same runs → when they have run their longest (ms)    |
 | `<ns>:lock:stream_runs`      | string  | the gateway sweeping `stream_runs` (short TTL)           |
+| `<ns>:lock:migrate`          | string  | the `tidings migrate` at work (TTL, renewed)             |
 
 When a run finishes, the publish script that records its terminal event gives every key above
 that carries its `{ID}` the retention TTL (`TIDINGS_RETENTION`; leases keep their shorter one) and
@@ -51,7 +53,7 @@ from .errors import NotFound
 
 __all__ = ["SCHEMA_VERSION", "Keys", "check_run_id"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CLIENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
@@ -196,3 +198,20 @@ class Keys:
     @property
     def stream_runs_lock(self) -> str:
         return f"{self.ns}:lock:stream_runs"
+
+    # -- `tidings migrate` (tidings.migrate) -------------------------------------------------
+
+    @property
+    def migrate_lock(self) -> str:
+        """Held by the one `tidings migrate` at work on the namespace (TTL, renewed)."""
+        return f"{self.ns}:lock:migrate"
+
+    @property
+    def schema1_queue(self) -> str:
+        """Schema 1's single arq queue (zset); only the migration to schema 2 reads it."""
+        return f"{self.ns}:queue"
+
+    @property
+    def schema1_queue_health(self) -> str:
+        """arq's health-check string of schema 1's queue (`<queue>:health-check`)."""
+        return f"{self.schema1_queue}:health-check"

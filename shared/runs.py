@@ -15,6 +15,7 @@ from . import codec
 from .errors import Conflict, NotFound, StorageFull
 from .events import RunStatus, RunSummary, now_iso, now_ms
 from .keys import SCHEMA_VERSION, Keys, check_run_id
+from .schema import check_schema
 
 __all__ = ["RunRecord", "RunStore", "ensure_schema"]
 
@@ -26,6 +27,9 @@ class RunRecord(BaseModel):
 
     run_id: str
     workflow: str
+    # The workflow's version the run was started for (`@workflow(version=…)`); only a worker
+    # serving that version executes it. Records written before versions existed are "1".
+    version: str = "1"
     input: Any = None
     status: RunStatus
     progress: float = 0.0
@@ -132,13 +136,12 @@ class RunStore:
 
 
 async def ensure_schema(redis: Redis, keys: Keys) -> None:
-    """Stamp an empty keyspace with this code's schema version; refuse one of another version.
+    """Stamp an empty keyspace with this code's schema version; refuse one of another version
+    (`tidings.schema.check_schema`: `SchemaMismatch`, a ValueError saying what to do).
 
     Both services call it at start-up, so a deployment never mixes layouts in one namespace.
     """
     await redis.set(keys.schema, SCHEMA_VERSION, nx=True)
     found = await redis.get(keys.schema)
-    if found is not None and int(found) != SCHEMA_VERSION:
-        raise ValueError(
-            f"namespace {keys.ns!r} holds schema {int(found)}, this code speaks {SCHEMA_VERSION}"
-        )
+    if found is not None:
+        check_schema(keys, int(found))  # older: `tidings migrate`; newer: newer code

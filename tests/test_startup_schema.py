@@ -3,7 +3,8 @@
 Real processes, as deployed (`python -m tidings.services.gateway`,
 `python -m tidings.services.worker`), against a
 namespace whose `<ns>:schema` holds a version this code does not speak: each must exit non-zero
-with a message naming the problem, and must not have served anything first.
+with a message naming the problem and what to do (an older keyspace: `tidings migrate`; a newer
+one: newer code), and must not have served anything first.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from tests.engine_helpers import TEST_WORKFLOWS
@@ -21,7 +23,10 @@ from tidings.embedded import free_port
 from tidings.jobs import workers_listening
 from tidings.keys import SCHEMA_VERSION, Keys
 
-_FOREIGN = SCHEMA_VERSION + 98
+_NEWER = SCHEMA_VERSION + 98
+_OLDER = SCHEMA_VERSION - 1
+_ADVICE = {_NEWER: "written by a newer Tidings", _OLDER: "run `tidings migrate`"}
+_WRONG = pytest.mark.parametrize("found", [_NEWER, _OLDER], ids=["newer", "older"])
 _WAIT_S = 30.0
 
 
@@ -40,15 +45,23 @@ async def _refused(
     return output
 
 
-def _names_the_problem(output: str, keys: Keys) -> None:
-    assert f"namespace {keys.ns!r} holds schema {_FOREIGN}" in output, output
+def _names_the_problem(output: str, keys: Keys, found: int) -> None:
+    assert f"namespace {keys.ns!r} holds schema {found}" in output, output
     assert f"this code speaks {SCHEMA_VERSION}" in output, output
+    assert _ADVICE[found] in output, output
+    other = _ADVICE[_OLDER if found == _NEWER else _NEWER]
+    assert other not in output, output
 
 
+@_WRONG
 async def test_a_gateway_refuses_to_start_on_a_keyspace_of_another_schema(
-    redis: Redis, keys: Keys, processes: Any, settings_env: Callable[..., dict[str, str]]
+    redis: Redis,
+    keys: Keys,
+    processes: Any,
+    settings_env: Callable[..., dict[str, str]],
+    found: int,
 ) -> None:
-    await redis.set(keys.schema, _FOREIGN)
+    await redis.set(keys.schema, found)
     port = free_port()
     proc = processes.python("tidings.services.gateway", env=settings_env(port=port), name="gateway")
 
@@ -60,22 +73,27 @@ async def test_a_gateway_refuses_to_start_on_a_keyspace_of_another_schema(
             return False
         return resp.status_code == 200
 
-    _names_the_problem(await _refused(proc, ready, processes), keys)
-    assert int(await redis.get(keys.schema) or 0) == _FOREIGN  # left as found
+    _names_the_problem(await _refused(proc, ready, processes), keys, found)
+    assert int(await redis.get(keys.schema) or 0) == found  # left as found
 
 
+@_WRONG
 async def test_a_worker_refuses_to_start_on_a_keyspace_of_another_schema(
-    redis: Redis, keys: Keys, processes: Any, settings_env: Callable[..., dict[str, str]]
+    redis: Redis,
+    keys: Keys,
+    processes: Any,
+    settings_env: Callable[..., dict[str, str]],
+    found: int,
 ) -> None:
-    await redis.set(keys.schema, _FOREIGN)
+    await redis.set(keys.schema, found)
     env = {**settings_env(), **TEST_WORKFLOWS}
     proc = processes.python("tidings.services.worker", env=env, name="worker")
 
     async def listening() -> bool:
         return await workers_listening(redis, keys) > 0
 
-    _names_the_problem(await _refused(proc, listening, processes), keys)
-    assert int(await redis.get(keys.schema) or 0) == _FOREIGN
+    _names_the_problem(await _refused(proc, listening, processes), keys, found)
+    assert int(await redis.get(keys.schema) or 0) == found
 
 
 async def test_both_start_on_a_keyspace_of_their_own_schema(

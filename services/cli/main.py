@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
     prune.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    mig = sub.add_parser(
+        "migrate", help="upgrade the namespace's keys to this version's schema (services stopped)"
+    )
+    mig.add_argument("--dry-run", action="store_true", help="say what would change; change nothing")
+    mig.add_argument("--namespace", help="the namespace to migrate (default TIDINGS_NAMESPACE)")
+    mig.add_argument("--json", action="store_true", help="print the report as JSON")
+
     sub.add_parser("env", help="list the settings and their environment variables")
     return parser
 
@@ -131,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
         k: v
-        for k in ("host", "port", "gateway_workers", "insecure")
+        for k in ("host", "port", "gateway_workers", "insecure", "namespace")
         if (v := getattr(args, k, None)) is not None
     }
     try:
@@ -270,6 +277,12 @@ def _prune(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from .migrate import migrate_command
+
+    return migrate_command(settings, dry_run=args.dry_run, as_json=args.json)
+
+
 def _env(args: argparse.Namespace, settings: Settings) -> int:
     from .tables import print_env
 
@@ -288,5 +301,6 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "ls": _ls,
     "bench": _bench,
     "prune": _prune,
+    "migrate": _migrate,
     "env": _env,
 }
