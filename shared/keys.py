@@ -25,6 +25,9 @@ publish script needs.
 | channel `<ns>:runs`          | pub/sub | run lifecycle summaries (JSON)                           |
 | channel `<ns>:wake`          | pub/sub | workers' doorbell: `job <id>` enqueued, `signal <run>`   |
 | `<ns>:compat:wf:{ID}`        | string  | seed-000 workflow definition until `execute` (TTL 1 d)   |
+| `<ns>:catalog`               | hash    | workflow catalog: `<name>:<version>` → definition JSON   |
+| `<ns>:catalog:versions`      | zset    | `<name>:<version>` → when first published (ms)           |
+| `<ns>:catalog:serving`       | zset    | `<name>:<version> <worker>` → the worker's deadline (ms) |
 | `<ns>:run:{ID}:viewers`      | zset    | viewer leases of the run (→ expiry), with their own TTL  |
 | `<ns>:client:{C}:starts`     | zset    | runs client C started in the last minute (id → ms)       |
 | `<ns>:client:{C}:runs`       | zset    | runs client C started, until seen finished (id → ms)     |
@@ -124,6 +127,23 @@ class Keys:
     def compat_definition(self, definition_id: str) -> str:
         """A workflow created through the seed-000 API, kept until it is executed."""
         return f"{self.ns}:compat:wf:{{{definition_id}}}"
+
+    # -- the workflow catalog (tidings.catalog): workers write it, gateways read it ----------
+
+    @property
+    def catalog(self) -> str:
+        """Hash: `<name>:<version>` → the workflow's definition (JSON: description, schema)."""
+        return f"{self.ns}:catalog"
+
+    @property
+    def catalog_versions(self) -> str:
+        """Zset: `<name>:<version>` → when a worker first published it (ms)."""
+        return f"{self.ns}:catalog:versions"
+
+    @property
+    def catalog_serving(self) -> str:
+        """Zset: `<name>:<version> <worker>` → until when that worker serves it (ms)."""
+        return f"{self.ns}:catalog:serving"
 
     def run_keys(self, run_id: str) -> list[str]:
         """Every key a run owns except task leases (whose names hold task ids): what retention

@@ -217,6 +217,11 @@ class Settings(BaseModel):
         description="A chat started by `POST /chat` ends after this long without a message.",
     )
 
+    workflows: str = Field(
+        "tidings.services.workflows",
+        description="Comma-separated modules a worker imports for its workflows, besides the "
+        "`tidings.workflows` entry points; `tidings worker --workflows` overrides it.",
+    )
     lease_ttl_ms: int = Field(3_000, ge=200, description="A running run's heartbeat lease.")
     lease_refresh_ms: int = Field(1_000, ge=50, description="How often a worker renews its lease.")
     worker_max_jobs: int = Field(64, ge=1, description="Concurrent jobs per worker process.")

@@ -28,6 +28,13 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _module_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected module names, like myflows,other.flows")
+    return names
+
+
 def _duration(text: str) -> int:
     try:
         return parse_duration(text)
@@ -73,7 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes sharing the port via SO_REUSEPORT (default TIDINGS_GATEWAY_WORKERS or 1)",
     )
     gw.add_argument("--insecure", action="store_true", default=None, help=_INSECURE_HELP)
-    sub.add_parser("worker", help="run one worker in the foreground")
+    worker = sub.add_parser("worker", help="run one worker in the foreground")
+    worker.add_argument(
+        "--workflows",
+        type=_module_list,
+        metavar="MOD[,MOD]",
+        help="modules to load workflows from, instead of TIDINGS_WORKFLOWS (the current "
+        "directory is importable)",
+    )
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument("--url", help="gateway URL (default http://TIDINGS_HOST:TIDINGS_PORT)")
@@ -100,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     share.add_argument(
         "--ttl", type=int, help="seconds it stays valid (default TIDINGS_SHARE_TTL_S)"
     )
+
+    wfs = sub.add_parser(
+        "workflows", parents=[client], help="the workflow catalog: versions, workers serving each"
+    )
+    wfs.add_argument("--json", action="store_true", help="print the catalog as JSON")
+
+    new = sub.add_parser("new", help="write NAME.py, a runnable workflow module to start from")
+    new.add_argument("name", metavar="NAME", help="workflow and module name (a Python identifier)")
 
     ls = sub.add_parser("ls", parents=[client], help="list runs, newest first")
     ls.add_argument("--workflow")
@@ -199,7 +221,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level > logging.DEBUG:
         logging.getLogger("arq").setLevel(logging.WARNING)  # a line per job otherwise
-    run_worker(settings)
+    from tidings.services.worker.loading import LoadError
+
+    try:
+        run_worker(settings, args.workflows)
+    except LoadError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return EXIT_OK
 
 
@@ -263,6 +290,27 @@ def _ls(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _workflows(args: argparse.Namespace, settings: Settings) -> int:
+    from .api import Api
+    from .tables import print_workflows
+
+    with Api(gateway_url(settings, args.url), token=settings.token) as api:
+        catalog = api.request("GET", "/api/workflows")["workflows"]
+    if args.json:
+        print(json.dumps(catalog, ensure_ascii=False, indent=2), flush=True)
+    else:
+        print_workflows(catalog)
+    return EXIT_OK
+
+
+def _new(args: argparse.Namespace, settings: Settings) -> int:
+    from .scaffold import write_workflow
+
+    path = write_workflow(args.name)
+    print(f"wrote {path}; run it with: tidings worker --workflows {args.name}", flush=True)
+    return EXIT_OK
+
+
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     from tidings.services.bench import run_benchmarks
 
@@ -299,6 +347,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "signal": _signal,
     "share": _share,
     "ls": _ls,
+    "workflows": _workflows,
+    "new": _new,
     "bench": _bench,
     "prune": _prune,
     "migrate": _migrate,

@@ -1,4 +1,4 @@
-"""Tables the CLI prints (runs, settings)."""
+"""Tables the CLI prints (runs, workflows, settings)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["make_console", "print_env", "print_runs"]
+__all__ = ["make_console", "print_env", "print_runs", "print_workflows"]
 
 _STATUS_STYLE = {
     "completed": "green",
@@ -47,6 +47,36 @@ def print_runs(runs: list[dict[str, Any]], console: Console | None = None) -> No
             f"{float(run.get('progress') or 0):.0f}%",
             str(run.get("created_at", ""))[:19].replace("T", " "),
             Text(str(run.get("error") or run.get("message") or "")[:60]),
+        )
+    console.print(table)
+
+
+def print_workflows(workflows: list[dict[str, Any]], console: Console | None = None) -> None:
+    """The catalog: each workflow's current version, the workers serving it, older versions."""
+    console = console or make_console()
+    if not workflows:
+        console.print("no workflows: no worker has published any (start one: tidings worker)")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("WORKFLOW", "VERSION", "WORKERS", "OTHER VERSIONS", "DESCRIPTION"):
+        table.add_column(column, no_wrap=column != "DESCRIPTION", overflow="fold")
+    for wf in workflows:
+        served = bool(wf.get("served"))
+        workers = Text(
+            str(wf.get("workers", 0)) if served else "none", style="" if served else "red"
+        )
+        others = [
+            f"{v.get('version')} ({len(v.get('workers') or [])})"
+            for v in wf.get("versions") or []
+            if v.get("version") != wf.get("version")
+        ]
+        description = str(wf.get("description") or "").strip().splitlines()
+        table.add_row(
+            Text(str(wf.get("name", ""))),
+            Text(str(wf.get("version", ""))),
+            workers,
+            Text(", ".join(others)),
+            Text(description[0][:80] if description else ""),
         )
     console.print(table)
 

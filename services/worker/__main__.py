@@ -7,6 +7,7 @@ import sys
 
 from tidings.settings import Settings
 
+from .loading import LoadError
 from .main import run_worker
 
 
@@ -18,7 +19,11 @@ def main() -> None:
         sys.exit(1)
     level = getattr(logging, settings.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except LoadError as exc:
+        sys.stderr.write(f"tidings worker: {exc}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,17 @@ the hand-back is already bounded.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
-import os
 import signal
+from collections.abc import Sequence
 
 from arq.connections import ArqRedis
 
+from tidings.catalog import CatalogWriter
 from tidings.jobs import dumps_job, loads_job
 from tidings.redis import connect
 from tidings.runs import ensure_schema
+from tidings.sdk import registry
 from tidings.settings import Settings
 
 from .context import Engine, worker_name
@@ -26,25 +27,25 @@ from .dispatch import TidingsWorker, listen_doorbell
 from .handback import hand_back
 from .heartbeat import keep_leases
 from .liveness import client_name
+from .loading import TEST_WORKFLOWS_ENV, keep_catalog, load_workflows
 from .sweeper import sweep
 
 __all__ = ["TEST_WORKFLOWS_ENV", "run_worker", "serve"]
 
 logger = logging.getLogger(__name__)
 
-# A module of extra workflows the worker imports at start: the test suite's and the benchmarks'
-# fixtures. Kept out of Settings (`TIDINGS_TEST_*` is reserved) so no deployment depends on it.
-TEST_WORKFLOWS_ENV = "TIDINGS_TEST_WORKFLOWS"
 # SIGTERM to exit: hand-back and jobs ending within this, then closing within _CLOSE_TIMEOUT_S.
 # Under honcho's 5 s (and compose's stop_grace_period) before SIGKILL.
 _STOP_TIMEOUT_S = 3.0
 _CLOSE_TIMEOUT_S = 1.0
 
 
-def run_worker(settings: Settings) -> None:
-    """Run one worker until SIGTERM/SIGINT (what `tidings worker` calls)."""
+def run_worker(settings: Settings, workflows: Sequence[str] | None = None) -> None:
+    """Load the workflow modules (`loading`: `workflows` overrides TIDINGS_WORKFLOWS; LoadError),
+    then run one worker until SIGTERM/SIGINT (what `tidings worker` calls)."""
     if settings.log_level != "debug":
         logging.getLogger("arq").setLevel(logging.WARNING)  # arq logs a line per job otherwise
+    load_workflows(settings, workflows)
     asyncio.run(serve(settings))
 
 
@@ -58,10 +59,6 @@ async def serve(
     """Serve until `stop` is set (or SIGTERM/SIGINT when `handle_signals`), then hand back."""
     if not settings.redis_url:
         raise ValueError("a worker needs REDIS_URL (or TIDINGS_REDIS_URL)")
-    importlib.import_module("tidings.services.workflows")  # the shipped workflows register
-    extra = os.environ.get(TEST_WORKFLOWS_ENV)
-    if extra:
-        importlib.import_module(extra)
     name = name or worker_name()
     # Named connections: other workers' sweepers tell from CLIENT LIST that we are alive.
     redis = connect(settings.redis_url, client_name=client_name(name))
@@ -80,6 +77,9 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
 
+    catalog = CatalogWriter(redis, engine.keys, engine.name, registry.workflows.values())
+    await catalog.publish()
+    engine.spawn(keep_catalog(catalog), name="catalog")
     engine.spawn(listen_doorbell(engine, worker), name="doorbell")
     engine.spawn(keep_leases(engine), name="leases")
     engine.spawn(sweep(engine), name="sweeper")
@@ -93,6 +93,10 @@ async def serve(
             polling.result()  # surface a crash of the poll loop
     finally:
         signalled.cancel()
+        try:
+            await asyncio.wait_for(catalog.withdraw(), _CLOSE_TIMEOUT_S)
+        except Exception as exc:  # Redis away: the entries lapse on their own
+            logger.info("catalog entries not withdrawn: %s", exc)
         await _shutdown(engine, worker, polling)
         await redis.aclose()
 

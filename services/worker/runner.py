@@ -23,6 +23,7 @@ import logging
 from functools import partial
 from typing import Any
 
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -31,7 +32,7 @@ from tidings import codec
 from tidings.errors import Fenced, NotFound, RunFinished, StorageFull
 from tidings.events import EventType
 from tidings.jobs import run_job_id
-from tidings.sdk import registry
+from tidings.sdk import WorkflowError, registry
 
 from .context import Engine
 from .handback import hand_back_run
@@ -141,7 +142,16 @@ async def _drive(handle: RunHandle) -> None:
 
 async def _body(handle: RunHandle) -> Any:
     definition = registry.get_workflow(handle.workflow)
-    model = definition.Input.model_validate(handle.input or {})
+    try:
+        # The gateway checked the JSON schema; the model applies the rest (cross-field rules,
+        # defaults). Input it refuses fails the run at once, with what was wrong.
+        model = definition.Input.model_validate(handle.input or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise WorkflowError(f"invalid input for workflow {handle.workflow!r}: {problems}") from None
     return await definition.fn(handle, model)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -58,8 +58,14 @@ QUOTES = (
 class MontyInput(BaseModel):
     min_sleep_s: float = Field(5.0, gt=0, le=3_600, description="Shortest sleep per iteration.")
     max_sleep_s: float = Field(30.0, gt=0, le=3_600, description="Longest sleep per iteration.")
-    quotes: list[str] | None = Field(
-        None, min_length=1, max_length=1_000, description="Your own quotes instead of the classics."
+    # What the schema can say is said there (the gateway checks it); min <= max is checked here.
+    quotes: list[Annotated[str, Field(min_length=1, max_length=1_000, pattern=r"\S")]] | None = (
+        Field(
+            None,
+            min_length=1,
+            max_length=1_000,
+            description="Your own quotes instead of the classics.",
+        )
     )
     max_iterations: int | None = Field(None, ge=1, description="Stop after this many iterations.")
     progress_interval_s: float = Field(0.5, ge=0.05, le=60, description="Progress event interval.")
