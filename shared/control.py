@@ -1,9 +1,13 @@
 """The control surface both services use: start runs, signal them, list and read them.
 
 Decisions:
-- `start` validates the input with the workflow's pydantic model and stores the model's JSON
-  dump (defaults filled in), then writes the record and enqueues the first job in ONE MULTI
-  (`RunStore.create(also=…)`): a run is never left queued without a job.
+- `start` learns the workflow from a `WorkflowSource` (`tidings.catalog`): by default the catalog
+  in Redis, which validates the input against the version's JSON schema and stores it as given
+  (the worker's pydantic model applies defaults and what a schema cannot say when the run
+  starts); given a `RegistryWorkflows`, the pydantic model validates and its JSON dump is stored.
+  The run is routed to the workflow's current version (`version` on its record), and the record
+  and the first job are written in ONE MULTI (`RunStore.create(also=…)`): a run is never left
+  queued without a job. A version no live worker serves is still queued: it waits for one.
 - `signal` accepts exactly `stop | pause | resume | cancel | message`; any other name is
   `InvalidInput` (422) because the name is part of the request, not a resource that may exist.
   Transitions: stop, cancel and message any unfinished run; pause an unfinished run not asked
@@ -32,11 +36,11 @@ import asyncio
 import weakref
 from typing import Any
 
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from . import codec
 from .bus import Bus
+from .catalog import Catalog, Prepared, WorkflowSource
 from .errors import (
     BadCursor,
     Conflict,
@@ -50,7 +54,6 @@ from .events import Event, EventType, RunStatus
 from .jobs import JobQueue, job_key, run_job_id, signal_doorbell
 from .keys import Keys, check_run_id
 from .runs import RunRecord, RunStore
-from .sdk import registry
 from .settings import Settings
 from .signals import fold_signals
 
@@ -71,11 +74,19 @@ _PAGE_SCAN = 200
 
 
 class Control:
-    def __init__(self, redis: Redis, keys: Keys, bus: Bus, settings: Settings) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        bus: Bus,
+        settings: Settings,
+        workflows: WorkflowSource | None = None,
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.bus = bus
         self.settings = settings
+        self.workflows: WorkflowSource = workflows or Catalog(redis, keys)
         self.store = RunStore(redis, keys)
         self.queue = JobQueue(redis, keys)
         # One lock per run being signalled; a run's entry goes when no request holds it.
@@ -92,20 +103,21 @@ class Control:
         """Validate, record and enqueue a run. NotFound, InvalidInput, Conflict (id taken).
 
         `owner`: the client that started it (the gateway's client id, never a credential)."""
-        definition = registry.get_workflow(workflow)
         self._check_size("input", input)
-        try:
-            model = definition.Input.model_validate({} if input is None else input)
-        except ValidationError as exc:
-            message = f"invalid input for workflow {workflow!r}"
-            raise InvalidInput.from_validation(message, exc) from None
+        prepared = await self.prepare(workflow, input)
         return await self.store.create(
             workflow,
-            model.model_dump(mode="json"),
+            prepared.input,
             run_id=run_id,
             also=lambda pipe, rid: self.queue.enqueue_run_in(pipe, rid, 1),
+            version=prepared.version,
             **({"owner": owner} if owner else {}),
         )
+
+    async def prepare(self, workflow: str, input: dict[str, Any] | None) -> Prepared:
+        """The version a run of `workflow` would get and its input as stored; NotFound or
+        InvalidInput as `start` would raise them. Writes nothing."""
+        return await self.workflows.prepare(workflow, input)
 
     async def signal(self, run_id: str, name: str, payload: dict[str, Any] | None = None) -> Event:
         """Deliver a control signal; returns its `signal_received` event."""

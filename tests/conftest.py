@@ -22,11 +22,13 @@ import pytest
 from redis.asyncio import Redis
 
 from tidings.bus import Bus
+from tidings.catalog import RegistryWorkflows
 from tidings.control import Control
 from tidings.embedded import EmbeddedValkey
 from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.runs import RunStore
+from tidings.sdk import registry
 from tidings.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +148,9 @@ def settings_env(settings: Settings) -> Callable[..., dict[str, str]]:
 
 @pytest.fixture
 def control(redis: Redis, keys: Keys, bus: Bus, settings: Settings) -> Control:
-    return Control(redis, keys, bus, settings)
+    """Validates with the workflows registered in this process (a test imports the modules it
+    starts runs of), so a run can be started before any worker has published the catalog."""
+    return Control(redis, keys, bus, settings, RegistryWorkflows(registry))
 
 
 @pytest.fixture

@@ -112,8 +112,11 @@ async def running_stack(
                     if proc.poll() is not None:
                         raise AssertionError(f"a process exited early\n{logs()}")
                 try:
+                    # Ready: the gateway answers and the worker has published its workflows.
                     if (await client.get("/healthz")).status_code == 200:
-                        break
+                        listed = (await client.get("/api/workflows")).json()["workflows"]
+                        if any(w["served"] for w in listed):
+                            break
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.1)

@@ -48,14 +48,28 @@ async def test_bad_requests_get_clear_errors_and_create_nothing(stack: Stack) ->
     assert resp.status_code == 404
     resp = await post("/api/runs", json={"workflow": "research", "input": {"topic": ""}})
     assert resp.status_code == 422 and _error(resp)["details"][0]["loc"] == ["topic"]
-    chain = {"tasks": [{"name": "a", "prompt": "{b}"}, {"name": "b", "prompt": "{a}"}]}
-    resp = await post("/api/runs", json={"workflow": "prompt_chain", "input": chain})
-    assert resp.status_code == 422 and "cycle" in resp.text
+    resp = await post("/api/runs", json={"workflow": "monty", "input": {"quotes": ["  "]}})
+    assert resp.status_code == 422 and _error(resp)["details"][0]["loc"] == ["quotes", 0]
     resp = await stack.client.get("/api/runs?limit=0")
     assert resp.status_code == 422
     assert (await stack.client.get("/api/runs")).json()["runs"] == []
     assert (await stack.client.get("/api/runs/nope/state")).status_code == 404
     assert (await post("/api/runs/nope/signals/stop")).status_code == 404
+
+
+async def test_what_a_schema_cannot_say_fails_the_run_at_once(stack: Stack) -> None:
+    """A cycle between tasks passes the JSON schema (the gateway's check) and is refused by the
+    workflow's model when the run starts: the run fails with the validation message."""
+    chain = {"tasks": [{"name": "a", "prompt": "{b}"}, {"name": "b", "prompt": "{a}"}]}
+    run = await stack.start("prompt_chain", chain)
+    assert run["served"] is True and run["version"] == "1" and "warning" not in run
+    events = await stack.events(run["run_id"])
+    assert [e["type"] for e in events] == ["workflow_started", "workflow_failed"]
+    assert "invalid input for workflow 'prompt_chain'" in events[-1]["message"]
+    assert "cycle" in events[-1]["message"]
+    monty = await stack.start("monty", {"min_sleep_s": 9, "max_sleep_s": 1})
+    failed = (await stack.events(monty["run_id"]))[-1]
+    assert failed["type"] == "workflow_failed" and "min_sleep_s" in failed["message"]
 
 
 async def test_research_runs_end_to_end_with_findings_and_a_report(stack: Stack) -> None:

@@ -19,11 +19,13 @@ from tests.engine_helpers import until
 from tests.test_api_helpers import running_stack
 from tidings import codec
 from tidings.bus import Bus
+from tidings.catalog import RegistryWorkflows
 from tidings.control import Control
 from tidings.events import EventType, now_ms
 from tidings.keys import Keys
 from tidings.retention import prune
 from tidings.runs import RunStore
+from tidings.sdk import registry
 from tidings.settings import Settings
 
 DAY_MS = 86_400_000
@@ -121,7 +123,7 @@ async def test_signalling_a_run_that_just_ended_leaves_no_list_without_ttl(
     redis: Redis, keys: Keys, settings: Settings
 ) -> None:
     bus = Bus(redis, keys, retention_ms=600_000)
-    control = Control(redis, keys, bus, settings)
+    control = Control(redis, keys, bus, settings, RegistryWorkflows(registry))
     run_id = (await control.start("t_steps", {})).run_id
     await bus.publish(run_id, EventType.WORKFLOW_STARTED, attempt=1)
     await control.signal(run_id, "stop")

@@ -81,7 +81,11 @@ async def test_inputs_and_signal_payloads_over_the_limit_are_refused(
     redis: Redis, keys: Keys, bus: Bus, control: Control
 ) -> None:
     limited = Control(
-        redis, keys, bus, control.settings.model_copy(update={"max_input_bytes": 1_000})
+        redis,
+        keys,
+        bus,
+        control.settings.model_copy(update={"max_input_bytes": 1_000}),
+        control.workflows,
     )
     with pytest.raises(PayloadTooLarge, match="TIDINGS_MAX_INPUT_BYTES"):
         await limited.start("research", {"topic": "t" * 2_000})

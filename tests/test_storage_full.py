@@ -20,12 +20,14 @@ from tests.conftest import Processes
 from tests.engine_helpers import until
 from tests.test_api_helpers import running_stack
 from tidings.bus import Bus
+from tidings.catalog import RegistryWorkflows
 from tidings.control import Control
 from tidings.embedded import EmbeddedValkey, free_port
 from tidings.errors import StorageFull
 from tidings.events import EventType
 from tidings.keys import Keys
 from tidings.redis import connect
+from tidings.sdk import registry
 from tidings.settings import Settings
 
 FULL = "1"  # bytes: any server is over it
@@ -62,7 +64,7 @@ async def test_a_full_server_refuses_a_new_run_whole_and_a_publish_as_storage_fu
     keys = Keys("full")
     settings = Settings(redis_url="redis://unused", namespace=keys.ns)
     bus = Bus(own_redis, keys, retention_ms=60_000)
-    control = Control(own_redis, keys, bus, settings)
+    control = Control(own_redis, keys, bus, settings, RegistryWorkflows(registry))
     running = await control.start("t_steps", {})
     await bus.publish(running.run_id, EventType.WORKFLOW_STARTED, attempt=1)
     before = await _everything(own_redis)
@@ -91,7 +93,8 @@ async def test_a_full_server_refuses_a_new_run_whole_and_a_publish_as_storage_fu
 async def test_a_publish_waits_for_memory_for_a_bounded_time(own_redis: Redis) -> None:
     keys = Keys("wait")
     bus = Bus(own_redis, keys, storage_wait_s=30.0)
-    control = Control(own_redis, keys, bus, Settings(redis_url="redis://unused"))
+    settings = Settings(redis_url="redis://unused")
+    control = Control(own_redis, keys, bus, settings, RegistryWorkflows(registry))
     run_id = (await control.start("t_steps", {})).run_id
     await own_redis.config_set("maxmemory", FULL)
     publish = asyncio.create_task(bus.publish(run_id, EventType.LOG, "patient", attempt=1))

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from tidings.bus import Bus
+from tidings.catalog import Catalog
 from tidings.control import Control
 from tidings.keys import Keys
 from tidings.redis import connect
@@ -107,7 +108,8 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
         connected=lambda: hub.connected,
         buffer_limit=settings.viewer_buffer,
     )
-    control = Control(redis, keys, bus, settings)
+    catalog = Catalog(redis, keys)
+    control = Control(redis, keys, bus, settings, catalog)
     gateway_id = uuid.uuid4().hex[:12]  # names this process's viewer leases
     presence = Presence(redis, keys, settings, gateway_id)
     stream_runs = StreamRuns(redis, keys, settings, control, gateway_id)
@@ -119,6 +121,7 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
         store=RunStore(redis, keys),
         hub=hub,
         control=control,
+        catalog=catalog,
         registry=make_registry(stats, gauges),
         admission=Admission(redis, keys, settings),
         presence=presence,

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from starlette.requests import HTTPConnection
 
 from tidings.bus import Bus
+from tidings.catalog import Catalog
 from tidings.control import Control
 from tidings.keys import Keys
 from tidings.runs import RunStore
@@ -31,6 +32,7 @@ class Gateway:
     store: RunStore
     hub: Hub
     control: Control
+    catalog: Catalog  # the workflows the workers publish; the gateway never imports them
     registry: CollectorRegistry
     admission: Admission
     presence: Presence

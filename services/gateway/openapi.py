@@ -1,7 +1,13 @@
-"""`GET /openapi.json`: OpenAPI 3.1 for the primary API, every workflow's input model a schema."""
+"""`GET /openapi.json`: OpenAPI 3.1 for the primary API; every workflow's input is a named schema.
+
+The workflows' input schemas come from the catalog in Redis (`tidings.catalog`), never from their
+code: a schema is named by its `title` (pydantic's model name), its `$defs` become components of
+their own, and a name two workflows use for different schemas gets the workflow's name in front.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -9,26 +15,69 @@ from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from tidings.catalog import CatalogView
 from tidings.control import SIGNAL_NAMES
 from tidings.events import Event
 from tidings.runs import RunRecord
-from tidings.sdk import registry
 
 from .run_routes import StartRun
 
-__all__ = ["openapi", "openapi_spec"]
+__all__ = ["input_schemas", "openapi", "openapi_spec"]
+
+_COMPONENTS = "#/components/schemas/"
 
 
-def openapi_spec() -> dict[str, Any]:
-    """OpenAPI 3.1 for the primary API; every workflow's input model is a named schema."""
-    import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
+def _rename_refs(node: Any, names: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
+                value = _COMPONENTS + names.get(value[len("#/$defs/") :], value[8:])
+            out[key] = _rename_refs(value, names)
+        return out
+    if isinstance(node, list):
+        return [_rename_refs(item, names) for item in node]
+    return node
 
+
+def input_schemas(view: CatalogView, taken: dict[str, Any]) -> dict[str, Any]:
+    """Each workflow's current input schema and its `$defs` as components, refs rewritten."""
+    out: dict[str, Any] = {}
+
+    def place(name: str, schema: dict[str, Any], workflow: str) -> str:
+        for candidate in (name, f"{workflow}_{name}"):
+            known = out.get(candidate, taken.get(candidate))
+            if known is None or json.dumps(known, sort_keys=True) == json.dumps(
+                schema, sort_keys=True
+            ):
+                out[candidate] = schema
+                return candidate
+        out[f"{workflow}_{name}_{len(out)}"] = schema
+        return f"{workflow}_{name}_{len(out) - 1}"
+
+    for entry in view.entries():
+        schema = dict(entry.current.input_schema)
+        defs: dict[str, Any] = schema.pop("$defs", {}) or {}
+        names = {d: d for d in defs}
+        # Definitions first (refs inside them may point at each other: names are kept when free).
+        for d in defs:
+            names[d] = d if d not in out and d not in taken else f"{entry.name}_{d}"
+        for d, body in defs.items():
+            out[names[d]] = _rename_refs(body, names)
+        title = str(schema.get("title") or f"{entry.name}_input")
+        place(title, _rename_refs(schema, names), entry.name)
+    return out
+
+
+def openapi_spec(view: CatalogView | None = None) -> dict[str, Any]:
+    """OpenAPI 3.1 for the primary API; every workflow's input schema (from `view`) is named."""
     models: list[type[BaseModel]] = [StartRun, RunRecord, Event]
-    models += [d.Input for d in sorted(registry.workflows.values(), key=lambda d: d.name)]
     _, defs = models_json_schema(
         [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
     )
     schemas: dict[str, Any] = defs.get("$defs", {})
+    if view is not None:
+        schemas.update(input_schemas(view, schemas))
     schemas["Error"] = {
         "type": "object",
         "properties": {
@@ -77,7 +126,7 @@ def openapi_spec() -> dict[str, Any]:
         "paths": {
             "/api/workflows": {
                 "get": {
-                    "summary": "Workflow catalog with input schemas",
+                    "summary": "Workflow catalog with input schemas, versions and workers",
                     "responses": {"200": reply("catalog")},
                 }
             },
@@ -194,4 +243,4 @@ def openapi_spec() -> dict[str, Any]:
 
 
 async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(openapi_spec())
+    return JSONResponse(openapi_spec(await request.app.state.ctx.catalog.read()))

@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
+from tidings.catalog import WorkflowEntry
 from tidings.control import Control
 from tidings.errors import InvalidInput
 from tidings.runs import RunRecord
-from tidings.sdk import registry
 
 from .access import Need, authorize
 from .bodies import parse_model, read_json
@@ -63,18 +63,29 @@ def run_view(record: RunRecord) -> dict[str, Any]:
     return {**record.model_dump(mode="json"), "links": run_links(record.run_id)}
 
 
-def _catalog() -> list[dict[str, Any]]:
-    import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
-
-    return [
-        {"name": d.name, "description": d.description, "input_schema": d.schema()}
-        for d in sorted(registry.workflows.values(), key=lambda d: d.name)
-    ]
-
-
 async def list_workflows(request: Request) -> JSONResponse:
+    """The catalog the workers published (`tidings.catalog`): no workflow code is loaded here."""
     authorize(request, Need.READ)
-    return JSONResponse({"workflows": _catalog()})
+    view = await request.app.state.ctx.catalog.read(fresh=True)  # and refreshes the cache
+    return JSONResponse({"workflows": [entry.view() for entry in view.entries()]})
+
+
+def _routing(entry: WorkflowEntry, record: RunRecord) -> dict[str, Any]:
+    """What a start answer says of where the run goes: its version and whether a worker serves
+    that version now (a run nobody serves waits in its queue for one)."""
+    version = getattr(record, "version", "") or entry.current.version
+    served = next((v for v in entry.versions if v.version == version), entry.current)
+    out: dict[str, Any] = {
+        "version": version,
+        "served": served.served,
+        "workers": len(served.workers),
+    }
+    if not served.served:
+        out["warning"] = (
+            f"no live worker serves {entry.name} version {version} now: the run waits in its "
+            "queue until one starts"
+        )
+    return out
 
 
 async def start_run(request: Request) -> JSONResponse:
@@ -93,7 +104,9 @@ async def start_run(request: Request) -> JSONResponse:
     headers = {"Location": f"/api/runs/{record.run_id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(run_view(record), status_code=200 if replayed else 201, headers=headers)
+    entry = await request.app.state.ctx.catalog.get(record.workflow)
+    view = {**run_view(record), **_routing(entry, record)}
+    return JSONResponse(view, status_code=200 if replayed else 201, headers=headers)
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

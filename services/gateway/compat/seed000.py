@@ -4,8 +4,9 @@
   run: the seed creates first and executes later, and a run record that no job backs would look
   stuck in every run list. A body whose `tasks` carry prompts becomes a `prompt_chain`; otherwise
   a `research` run on `topic` (or `query`, or the name without a leading "Research"), with
-  `config.breadth` / `config.depth`. The input is validated at creation: a bad one is a 422 then,
-  not a failed run later.
+  `config.breadth` / `config.depth`. The input is validated at creation against the workflow's
+  JSON schema in the catalog (`tidings.catalog`): a bad one is a 422 then, not a failed run later
+  (what a schema cannot say, such as a cycle among tasks, fails the run when it starts).
 - `POST /api/v1/workflows/{id}/execute[?stream=true]` starts the run *with the definition's ID*,
   so every native route works with the same ID; `metadata.stream_url` points at:
 - `GET /api/v1/workflows/{id}/stream`: an unnamed `{"status": "connected", …}` line, then every
@@ -30,7 +31,6 @@ from tidings import codec
 from tidings.errors import Conflict, NotFound
 from tidings.events import TERMINAL_STATUSES, now_iso
 from tidings.keys import check_run_id
-from tidings.sdk import registry
 from tidings.services.gateway.access import Need, authorize
 from tidings.services.gateway.bodies import parse_model, read_json
 from tidings.services.gateway.limits import start_limited
@@ -93,8 +93,7 @@ async def create_definition(request: Request) -> JSONResponse:
     authorize(request, Need.CONTROL)
     body = parse_model(_SeedCreate, await read_json(request))
     workflow, raw_input = _seed_input(body)
-    definition = registry.get_workflow(workflow)
-    model = parse_model(definition.Input, raw_input, f"{workflow} input")
+    prepared = await control_of(request).prepare(workflow, raw_input)
     ctx = request.app.state.ctx
     def_id = str(uuid.uuid4())
     record = {
@@ -102,7 +101,7 @@ async def create_definition(request: Request) -> JSONResponse:
         "name": body.name,
         "description": body.description,
         "workflow": workflow,
-        "input": model.model_dump(mode="json"),
+        "input": prepared.input,
         "config": body.config.model_dump(mode="json"),
         "tasks": body.tasks,
         "created_at": now_iso(),

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tidings import codec
+from tidings.catalog import coerce_query
 from tidings.errors import BadCursor, Conflict, InvalidInput, NotFound
 from tidings.events import TERMINAL_STATUSES
 from tidings.keys import check_run_id
@@ -131,11 +132,13 @@ async def _start_monty(request: Request) -> Response:
             "the body must be a JSON object of monty input",
             errors=[{"loc": ["body"], "msg": "expected an object", "type": "dict_type"}],
         )
-    params = {k: v for k, v in request.query_params.items() if k != "quotes"}
-    if "quotes" in request.query_params:
-        params["quotes"] = request.query_params.getlist("quotes")  # type: ignore[assignment]
-    # The viewer's lease first: a client with no stream left starts no run.
     ctx = gateway(request)
+    params: dict[str, Any] = {k: v for k, v in request.query_params.items() if k != "quotes"}
+    if "quotes" in request.query_params:
+        params["quotes"] = request.query_params.getlist("quotes")
+    if params:  # query values are text: numbers as the catalog's schema takes them
+        params = coerce_query((await ctx.catalog.get("monty")).current.input_schema, params)
+    # The viewer's lease first: a client with no stream left starts no run.
     run_id = str(uuid.uuid4())
     lease = await ctx.presence.acquire(principal.client, [run_id])
     try:
