@@ -93,13 +93,17 @@ class Processes:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, args: list[str], env: dict[str, str] | None = None, name: str = "proc"
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        name: str = "proc",
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with log:  # the child holds its own copy of the descriptor
             proc = subprocess.Popen(
-                args, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+                args, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd or ROOT
             )
         proc.log_path = log.name  # type: ignore[attr-defined]
         self.procs.append(proc)
