@@ -1,9 +1,15 @@
 """`run.parallel`, the run's side: enqueue each task as its own job, then wait for them all.
 
-Task ids are `p<n>.<i>` (the n-th `parallel` call of the run, i-th task), stable across
-re-executions, so a re-executed run finds the results earlier attempts committed (`task:<id>` in
-the steps hash) and enqueues only what is missing. Specs go to the run's tasks hash, jobs to the
-queue (`task:{ID}:{TID}:{attempt}.{try}`).
+Task ids are `p<n>.<i>` (the n-th `parallel` call of the execution, i-th task) or `<key>.<i>`
+(`parallel(..., key=)`), stable across re-executions, so a re-executed run finds the results
+earlier attempts committed (`task:<id>` in the steps hash) and enqueues only what is missing.
+Specs go to the run's tasks hash (with the run's workflow and version, so `ctx.info` tells
+them), jobs to the queue (`task:{ID}:{TID}:{attempt}.{try}`).
+
+Replay: before a stored result (or failure) is used, the spec it was produced for is read back
+from the tasks hash: another activity, or for `p<n>` ids other arguments, raises `ReplayMismatch`
+(the fan-outs ran in another order than in the earlier attempt); a result is never handed to the
+wrong call. Results come back validated into the activity's return annotation (`replay`).
 
 Waiting is a BLPOP on the run's `done` list, which executions push to when they finish; it is
 only a doorbell: after every wake-up (or every second at most) the run reads the truth in one
@@ -29,13 +35,16 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from tidings import codec
 from tidings.events import EventType
 from tidings.jobs import TASK_JOB, task_job_id
-from tidings.sdk import TaskFailed, TaskSpec, registry
+from tidings.sdk import ReplayMismatch, TaskFailed, TaskSpec, registry
 
+from .messages import failed_message, retrying_message
 from .outage import until_redis
-from .run import failed_message, retrying_message
+from .replay import adapter_for, describe_invalid, typed
 
 if TYPE_CHECKING:
     from .run import RunHandle
@@ -49,14 +58,19 @@ _LOST_EXTRA = 3
 async def run_parallel(
     run: RunHandle,
     group: str,
-    specs: Sequence[TaskSpec],
+    specs: Sequence[TaskSpec[Any]],
     span: tuple[float, float] | None = None,
+    *,
+    keyed: bool = False,
 ) -> list[Any]:
     engine = run.engine
     keys, redis = engine.keys, engine.redis
     ids = [f"{group}.{i}" for i in range(len(specs))]
     if not ids:
         return []
+    by_id = dict(zip(ids, specs, strict=True))
+    # An unknown activity fails the run here, before anything is enqueued.
+    adapters = {tid: adapter_for(registry.get_activity(by_id[tid].activity).fn) for tid in ids}
     meter = _Meter(run, span, len(ids))
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}
@@ -65,21 +79,18 @@ async def run_parallel(
             results[tid] = codec.loads(run.steps[f"task:{tid}"])
         elif f"fail:{tid}" in run.steps:
             failed[tid] = codec.loads(run.steps[f"fail:{tid}"]).get("error", "failed")
+    if results or failed:
+        await _check_replay(run, by_id, [*results, *failed], keyed)
     pending = [tid for tid in ids if tid not in results and tid not in failed]
     await meter.report(len(results))
     if pending:
         await run.checkpoint()
-        by_id = dict(zip(ids, specs, strict=True))
-        for tid in pending:
-            registry.get_activity(
-                by_id[tid].activity
-            )  # unknown activity: fail the run here, not later
         tries = {tid: 0 for tid in pending}
 
         async def enqueue_all() -> None:
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.delete(keys.done(run.run_id))
-                specs_json = {tid: _spec_json(by_id[tid], meter.share) for tid in pending}
+                specs_json = {tid: _spec_json(run, by_id[tid], meter.share) for tid in pending}
                 pipe.hset(
                     keys.tasks(run.run_id),
                     mapping={tid: codec.dumps(spec) for tid, spec in specs_json.items()},
@@ -101,14 +112,59 @@ async def run_parallel(
     if failed:
         first = next(tid for tid in ids if tid in failed)
         raise TaskFailed(f"task {first} failed: {failed[first]}")
+    out = []
     for tid in ids:
         run.steps.setdefault(f"task:{tid}", codec.dumps(results[tid]))
-    return [results[tid] for tid in ids]
+        try:
+            out.append(typed(adapters[tid], results[tid]))
+        except ValidationError as exc:
+            run.mismatch = ReplayMismatch(
+                f"task {tid}: its stored result does not fit the return annotation of activity "
+                f"{by_id[tid].activity!r} (code changed under a running run?): "
+                f"{describe_invalid(exc)}"
+            )
+            raise run.mismatch from None
+    return out
+
+
+async def _check_replay(
+    run: RunHandle, by_id: dict[str, TaskSpec[Any]], stored: list[str], keyed: bool
+) -> None:
+    """Results stored for these ids were produced for the same calls, or `ReplayMismatch`."""
+
+    async def read() -> list[bytes | None]:
+        found: list[bytes | None] = await run.engine.redis.hmget(  # type: ignore[misc]
+            run.engine.keys.tasks(run.run_id), stored
+        )
+        return found
+
+    raw = await until_redis(read, f"run {run.run_id}: read task specs")
+    for tid, spec_raw in zip(stored, raw, strict=True):
+        if spec_raw is None:
+            continue  # nothing recorded to compare with
+        was = codec.loads(spec_raw)
+        spec = by_id[tid]
+        why = ""
+        if was.get("activity") != spec.activity:
+            why = f"activity {was.get('activity')!r}, this execution asks for {spec.activity!r}"
+        elif not keyed and (
+            was.get("args") != codec.loads(codec.dumps(list(spec.args)))
+            or (was.get("kwargs") or {}) != codec.loads(codec.dumps(spec.kwargs))
+        ):
+            why = f"{spec.activity!r} with other arguments than this execution passes"
+        if why:
+            run.mismatch = ReplayMismatch(
+                f"task {tid} was recorded for {why}: the fan-outs ran in another order than in "
+                "the earlier attempt (a condition or loop that is not deterministic, or code "
+                "changed under a running run); give parallel calls in conditionals and loops a "
+                "key= of their own"
+            )
+            raise run.mismatch
 
 
 async def _wait(
     run: RunHandle,
-    specs: dict[str, TaskSpec],
+    specs: dict[str, TaskSpec[Any]],
     tries: dict[str, int],
     results: dict[str, Any],
     failed: dict[str, str],
@@ -202,7 +258,7 @@ async def _snapshot(run: RunHandle, pending: list[str], tries: dict[str, int]) -
     return replies
 
 
-async def _give_up(run: RunHandle, spec: TaskSpec, tid: str, tries: int) -> str:
+async def _give_up(run: RunHandle, spec: TaskSpec[Any], tid: str, tries: int) -> str:
     """A task whose executions keep dying (say, it crashes its worker) fails for good."""
     error = f"its worker was lost {tries} times"
     name = spec.name or spec.activity
@@ -218,14 +274,19 @@ async def _give_up(run: RunHandle, spec: TaskSpec, tid: str, tries: int) -> str:
     return error
 
 
-def _spec_json(spec: TaskSpec, share: tuple[float, float] | None) -> dict[str, Any]:
+def _spec_json(
+    run: RunHandle, spec: TaskSpec[Any], share: tuple[float, float] | None
+) -> dict[str, Any]:
     return {
         "activity": spec.activity,
         "args": list(spec.args),
         "kwargs": spec.kwargs,
         "name": spec.name or spec.activity,
         "retries": spec.retries,
+        "timeout": spec.timeout,
         "span": share,
+        "workflow": run.workflow,
+        "version": run.version,
     }
 
 

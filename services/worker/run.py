@@ -1,8 +1,32 @@
 """`RunHandle`: the concrete `tidings.sdk.Run` a workflow function receives.
 
 Decisions:
-- A step's result is stored as JSON and what `step` returns is that JSON read back (dicts, lists,
-  numbers, strings), both the first time and on replay, so a workflow behaves the same either way.
+- A step's result is stored as JSON, and what `step` returns is that JSON read back and validated
+  into the function's return annotation (a pydantic model comes back as the model; without an
+  annotation, dicts, lists, numbers, strings), both the first time and on replay, so a workflow
+  behaves the same either way. Task results from `parallel` likewise, by the activity's
+  annotation (`replay`).
+- Checkpoint keys (`steps`): the n-th step of a name in one execution is `name` / `name#n`, as
+  checkpoints have always been keyed, so a workflow whose steps run in a fixed order needs
+  nothing more. A step in a conditional or a loop whose path may differ between attempts gets a
+  `key=` of its own (`key:<key>`, independent of order). Whatever the key, each checkpoint
+  records the call that wrote it (function qualname, ordinal, and for order-keyed steps a digest
+  of the arguments); a replay that meets a checkpoint of another call raises `ReplayMismatch`,
+  which fails the run (`workflow_failed`, even if the workflow catches it), instead of returning
+  a result shifted from another step. Checkpoints written before identities were recorded (a bare
+  JSON result) are accepted as they are. Fan-outs alike: task ids are `p<n>.<i>` or, with
+  `parallel(..., key=)`, `<key>.<i>`, and a stored task result of another activity or other
+  arguments is a `ReplayMismatch` (`fanout`).
+- Steps take `timeout` (per try), `retries` and `backoff` (seconds, doubled each retry, capped);
+  tasks `timeout` and `retries` (`TaskSpec`, enforced on the worker executing each try). These
+  keywords are the engine's own, reserved and keyword-only: they never reach the step's function
+  or the activity, and an activity cannot declare a parameter of those names (`@activity`).
+- Activities are named by function (`run.task(fetch, url)`, type-checked against its
+  parameters; a function that is not a registered activity is a TypeError at the call) or by
+  name (an unknown name raises at the call too, not when `parallel` runs).
+- Versions: `info.version` is the version on the run record, written when the run was created.
+  The runner never executes a run whose version is not the one this worker registered for its
+  workflow (`runner`).
 - Checkpoints, the state snapshot and every event are fenced by the run's attempt; a step commits
   its checkpoint and its `task_completed` in one script (`Bus.publish_once`).
 - Control signals: `checkpoint` (called by `step`, `parallel`, `sleep`, `next_message`) blocks
@@ -20,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,29 +52,30 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tidings import codec
 from tidings.errors import Fenced, RunFinished
 from tidings.events import LIFECYCLE_STATUS, EventType
-from tidings.sdk import Run, RunInfo, Signal, TaskSpec
+from tidings.sdk import ReplayMismatch, Run, RunInfo, Signal, TaskSpec, registry
+from tidings.sdk.protocols import check_retries, check_timeout
+from tidings.sdk.registry import ActivityDef
 
 from .context import EngineViews
+from .fanout import run_parallel
 from .outage import until_redis
 from .publisher import Publisher
 from .signals import SignalBox
+from .steps import StepCalls, run_step
 from .tokens import stream_tokens
 
 if TYPE_CHECKING:
     from .context import Engine
 
-__all__ = [
-    "RunHandle",
-    "completed_message",
-    "describe_error",
-    "failed_message",
-    "retrying_message",
-    "started_message",
-]
+__all__ = ["RunHandle"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+_GROUP_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_AUTO_GROUP = re.compile(r"p[0-9]+")
 
 
 class RunHandle(EngineViews):
@@ -67,9 +92,12 @@ class RunHandle(EngineViews):
         self.abort_reason: str | None = None
         self.main: asyncio.Task[Any] | None = None
         self.steps: dict[str, bytes] = {}
+        self.calls = StepCalls()
+        # A replay met a checkpoint of another call: the run fails, caught or not.
+        self.mismatch: ReplayMismatch | None = None
         self._state: dict[str, Any] = {}
-        self._names: Counter[str] = Counter()
         self._parallels = 0
+        self._groups: set[str] = set()
 
     # -- what workflows may read --------------------------------------------------------------
 
@@ -156,55 +184,68 @@ class RunHandle(EngineViews):
             raise Fenced(f"run {self.run_id} attempt {self.attempt} may no longer save state")
 
     async def step(
-        self, name: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        key: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        **kwargs: Any,
     ) -> T:
-        key = self._unique(name)
-        if key in self.steps:
-            return codec.loads(self.steps[key])  # type: ignore[no-any-return]
-        await self.checkpoint()
-        await self.publisher.send(
-            EventType.TASK_STARTED, started_message(key), task=key, task_id=key
+        result: T = await run_step(
+            self,
+            name,
+            fn,
+            args,
+            kwargs,
+            key=key,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
         )
-        try:
-            result = await fn(*args, **kwargs)
-        except (Fenced, RunFinished):
-            raise
-        except Exception as exc:
-            error = describe_error(exc)
-            await self.publisher.send(
-                EventType.TASK_FAILED,
-                failed_message(key, error),
-                task=key,
-                task_id=key,
-                data={"error": error},
-                wait=True,
-            )
-            raise
-        value = codec.dumps(result)
-        parsed = codec.loads(value)
-        cmd = self.publisher.command(
-            EventType.TASK_COMPLETED,
-            completed_message(key),
-            task=key,
-            task_id=key,
-            data={"result": parsed},
-        )
-        await self.publisher.commit(cmd, self.engine.keys.steps(self.run_id), key, value.decode())
-        self.steps[key] = value
-        return parsed  # type: ignore[no-any-return]
+        return result
 
-    def task(
-        self, activity: str, *args: Any, name: str = "", retries: int = 2, **kwargs: Any
-    ) -> TaskSpec:
-        return TaskSpec(activity, args, kwargs, name or activity, retries)
+    def task(self, activity: Any, /, *args: Any, **kwargs: Any) -> TaskSpec[Any]:
+        name = kwargs.pop("name", "")
+        retries = kwargs.pop("retries", None)
+        timeout = kwargs.pop("timeout", None)
+        definition: ActivityDef
+        if isinstance(activity, str):
+            definition = registry.get_activity(activity)
+        elif callable(activity):
+            definition = registry.activity_of(activity)
+        else:
+            raise TypeError(f"run.task takes an activity function or name, not {activity!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"a task's name is a string, not {name!r}")
+        return TaskSpec(
+            definition.name,
+            args,
+            kwargs,
+            name or definition.name,
+            definition.retries if retries is None else check_retries(retries),
+            definition.timeout if timeout is None else check_timeout(timeout),
+        )
 
     async def parallel(
-        self, tasks: Sequence[TaskSpec], *, progress: tuple[float, float] | None = None
-    ) -> list[Any]:
-        from .fanout import run_parallel
-
-        self._parallels += 1
-        return await run_parallel(self, f"p{self._parallels}", tasks, progress)
+        self,
+        tasks: Sequence[TaskSpec[R]],
+        *,
+        progress: tuple[float, float] | None = None,
+        key: str | None = None,
+    ) -> list[R]:
+        if key is None:
+            self._parallels += 1
+            group = f"p{self._parallels}"
+        else:
+            group = _group_key(key)
+            if group in self._groups:
+                raise ValueError(f"parallel key {key!r} used twice in one execution")
+            self._groups.add(group)
+        return await run_parallel(self, group, tasks, progress, keyed=key is not None)
 
     async def progress(self, percent: float, message: str = "", **data: Any) -> None:
         await self.publisher.send(
@@ -282,40 +323,19 @@ class RunHandle(EngineViews):
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _unique(self, name: str) -> str:
-        self._names[name] += 1
-        n = self._names[name]
-        return name if n == 1 else f"{name}#{n}"
-
     def _raise_if_cancelled(self) -> None:
         if self.signals.cancel:
             self.abort("cancel")
             raise asyncio.CancelledError("run cancelled")
 
 
-def describe_error(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# The task events' messages, worded as the seed's event log shows them.
-
-
-def started_message(name: str) -> str:
-    return f"Starting task: {name}"
-
-
-def completed_message(name: str) -> str:
-    return f"Completed: {name}"
-
-
-def failed_message(name: str, error: str) -> str:
-    return f"Task failed: {name} - {error}"
-
-
-def retrying_message(name: str, next_try: int, tries: int, error: str) -> str:
-    """`next_try` and `tries` count from 1: the first retry is try 2 of `retries + 1`."""
-    return f"Retrying {name} (try {next_try} of {tries}): {error}"
+def _group_key(key: str) -> str:
+    """An author's fan-out key: its task ids are `<key>.<i>`; `p<n>` is the engine's own."""
+    if not (isinstance(key, str) and _GROUP_KEY.fullmatch(key)) or _AUTO_GROUP.fullmatch(key):
+        raise ValueError(
+            f"a parallel key is 1-64 letters, digits, '_' or '-', and not p<n>: {key!r}"
+        )
+    return key
 
 
 def _conforms(handle: RunHandle) -> Run:

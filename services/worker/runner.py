@@ -10,6 +10,16 @@ for it to come back (`outage.until_redis`) and the run carries on as the same at
 connection error still reach this level (a workflow's own call to Redis, say), the run is left
 to its lease and re-executed from its checkpoints.
 
+Versions: a run is executed only by a worker that registered the version recorded on the run
+for its workflow. Jobs are routed by version (per-version queues), so a worker should never meet
+another version's run; if it does (a stale queue, a hand-made job), it does not replay the run
+against other code: it logs an error and hands the run back, with the job deferred by
+`_VERSION_DEFER_MS`, so a worker serving that version takes it (`worker_lost`, reason `version`).
+
+Outcomes decided after the body: a run whose cancel the workflow swallowed still ends
+`workflow_cancelled`; a run that met a `ReplayMismatch` fails with it, even if the workflow
+caught it.
+
 Redis at its memory cap is different: it answers, and refuses every write. A publish is retried
 for `TIDINGS_STORAGE_FULL_WAIT_S` (`Bus`); past that the run fails ("storage full"). Its
 terminal event, whichever it is, is then written past the cap (one event and the record): a run
@@ -31,13 +41,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tidings import codec
 from tidings.errors import Fenced, NotFound, RunFinished, StorageFull
 from tidings.events import EventType
-from tidings.jobs import run_job_id
+from tidings.jobs import RUN_JOB, run_job_id
 from tidings.sdk import WorkflowError, registry
 
 from .context import Engine
 from .handback import hand_back_run
+from .messages import describe_error
 from .outage import OUTAGE_ERRORS, until_redis
-from .run import RunHandle, describe_error
+from .run import RunHandle
 
 __all__ = ["execute_run_job"]
 
@@ -49,6 +60,7 @@ _QUIET = (Fenced, RunFinished, NotFound)
 _GONE = (Fenced, RunFinished)
 _FULL = (StorageFull, RedisOutOfMemoryError)
 _FULL_MESSAGE = "storage full: Redis is at its memory cap (maxmemory) and refused the run's writes"
+_VERSION_DEFER_MS = 5_000
 
 
 async def execute_run_job(ctx: dict[str, Any], run_id: str, attempt: int) -> None:
@@ -83,6 +95,8 @@ async def execute_run_job(ctx: dict[str, Any], run_id: str, attempt: int) -> Non
 async def _drive(handle: RunHandle) -> None:
     engine = handle.engine
     await handle.load()
+    if not await _serves_version(handle):
+        return
     try:
         await handle.publisher.send(
             EventType.WORKFLOW_STARTED,
@@ -123,10 +137,20 @@ async def _drive(handle: RunHandle) -> None:
         handle.abort("redis")
         return
     except Exception as exc:
+        if handle.abort_reason == "cancel":  # the workflow turned its cancellation into this
+            await _terminal(handle, EventType.WORKFLOW_CANCELLED, "cancelled")
+            return
         if handle.abort_reason is not None:
             return
         logger.info("run %s failed", handle.run_id, exc_info=True)
-        error = _FULL_MESSAGE if isinstance(exc, _FULL) else describe_error(exc)
+        error = _FULL_MESSAGE if isinstance(exc, _FULL) else describe_error(handle.mismatch or exc)
+        await _terminal(handle, EventType.WORKFLOW_FAILED, error, fields={"error": error})
+        return
+    if handle.abort_reason == "cancel":  # the workflow swallowed its cancellation
+        await _terminal(handle, EventType.WORKFLOW_CANCELLED, "cancelled")
+        return
+    if handle.mismatch is not None:  # the workflow caught it: the run fails all the same
+        error = describe_error(handle.mismatch)
         await _terminal(handle, EventType.WORKFLOW_FAILED, error, fields={"error": error})
         return
     value = codec.dumps(result)
@@ -138,6 +162,50 @@ async def _drive(handle: RunHandle) -> None:
         data={"result": codec.loads(value)},
         fields={"result": value.decode()},
     )
+
+
+async def _serves_version(handle: RunHandle) -> bool:
+    """This worker registered the run's version of its workflow; else hand the run back.
+
+    An unknown workflow is the body's to fail (as it always was)."""
+    definition = registry.workflows.get(handle.workflow)
+    if definition is None or definition.version == handle.version:
+        return True
+    engine, run_id, attempt = handle.engine, handle.run_id, handle.attempt
+    logger.error(
+        "run %s is %s version %s but this worker serves version %s: not executed here; "
+        "handed back for a worker that serves it",
+        run_id,
+        handle.workflow,
+        handle.version,
+        definition.version,
+    )
+    job_id, held = run_job_id(run_id, attempt), engine.leases.run_value(attempt)
+    try:
+        reclaimed = await engine.leases.reclaim(run_id, attempt, job_id, held_as=held)
+    finally:
+        handle.abort("handback")
+    if reclaimed is None:
+        return False  # fenced or finished meanwhile: not ours to hand back
+    new, _ = reclaimed
+    message = (
+        f"worker {engine.name} serves {handle.workflow} version {definition.version}, not "
+        f"{handle.version}: handed back; attempt {new} queued"
+    )
+    data = {"previous_attempt": attempt, "worker": engine.name, "reason": "version"}
+    try:
+        await engine.bus.publish(run_id, EventType.WORKER_LOST, message, attempt=new, data=data)
+    except _QUIET as exc:
+        logger.info("run %s not re-enqueued: %s", run_id, exc)
+        return False
+    await engine.queue.enqueue(
+        RUN_JOB,
+        run_job_id(run_id, new),
+        run_id,
+        new,
+        defer_ms=_VERSION_DEFER_MS,
+    )
+    return False
 
 
 async def _body(handle: RunHandle) -> Any:

@@ -6,9 +6,14 @@ The outcome is committed with `Bus.publish_once` on `task:<id>` (result) or `fai
 error), so when two executions race (a worker presumed lost comes back) exactly one
 `task_completed` is published. A failure with tries left publishes `task_retrying` and enqueues
 the next try with a short back-off before the lease is released, so the waiting run never sees
-the task as lost. Every event is fenced by the run attempt the job was enqueued for. A Redis
-outage is waited out as a run's is (`outage.until_redis`), and the lease loop renews the task's
-lease the moment Redis is back.
+the task as lost. A task's `timeout` bounds each try here, on the worker executing it: the
+activity is cancelled and the try counts as failed ("StepTimeout: … timed out"), then retried,
+and the last one fails the task (`parallel` raises `TaskFailed`). The result is validated against
+the activity's return annotation before it is committed: one that does not fit fails the try.
+
+Every event is fenced by the run attempt the job was enqueued for. A Redis outage is waited out
+as a run's is (`outage.until_redis`), and the lease loop renews the task's lease the moment Redis
+is back.
 """
 
 from __future__ import annotations
@@ -18,23 +23,26 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from tidings import codec
 from tidings.errors import Fenced, RunFinished
 from tidings.events import EventType
 from tidings.jobs import TASK_JOB, task_job_id
-from tidings.sdk import RunInfo, TaskContext, registry
+from tidings.sdk import RunInfo, StepTimeout, TaskContext, registry
 
 from .context import EngineViews
 from .handback import hand_back_task
-from .outage import OUTAGE_ERRORS, until_redis
-from .publisher import Publisher
-from .run import (
+from .messages import (
     completed_message,
     describe_error,
     failed_message,
     retrying_message,
     started_message,
 )
+from .outage import OUTAGE_ERRORS, until_redis
+from .publisher import Publisher
+from .replay import adapter_for, describe_invalid, typed
 from .tokens import stream_tokens
 
 if TYPE_CHECKING:
@@ -158,10 +166,22 @@ class TaskExecution(EngineViews):
         )
         args = self.spec.get("args") or []
         kwargs = self.spec.get("kwargs") or {}
+        timeout = self.spec.get("timeout")
         try:
             activity = registry.get_activity(self.spec["activity"])
             self.main = asyncio.ensure_future(activity.fn(self, *args, **kwargs))
-            result = await self.main
+            if timeout is None:
+                result = await self.main
+            else:
+                result = await self._bounded(self.main, float(timeout))
+            value = codec.dumps(result)
+            try:
+                typed(adapter_for(activity.fn), codec.loads(value))
+            except ValidationError as exc:
+                raise TypeError(
+                    f"activity {activity.name!r} returned a value its return annotation does "
+                    f"not describe: {describe_invalid(exc)}"
+                ) from None
         except asyncio.CancelledError:
             if self.abort_reason is None or asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 raise
@@ -171,7 +191,6 @@ class TaskExecution(EngineViews):
         except Exception as exc:
             await self._failed(exc)
             return
-        value = codec.dumps(result)
         cmd = self.publisher.command(
             EventType.TASK_COMPLETED,
             completed_message(self.name),
@@ -182,6 +201,14 @@ class TaskExecution(EngineViews):
         await self.publisher.commit(
             cmd, self.engine.keys.steps(self.run_id), f"task:{self.task_id}", value.decode()
         )
+
+    async def _bounded(self, main: asyncio.Future[Any], timeout: float) -> Any:
+        try:
+            return await asyncio.wait_for(main, timeout)
+        except TimeoutError:
+            if not main.cancelled():
+                raise  # the activity's own TimeoutError
+            raise StepTimeout(f"task {self.name} timed out after {timeout:g} s") from None
 
     async def _failed(self, exc: Exception) -> None:
         error = describe_error(exc)

@@ -15,7 +15,6 @@ the bar moves as each one completes.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -89,7 +88,7 @@ def render(prompt: str, outputs: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: outputs.get(m.group(1), m.group(0)), prompt)
 
 
-@activity("chain_prompt")
+@activity
 async def chain_prompt(ctx: TaskContext, prompt: str, system: str | None = None) -> str:
     """Complete one prompt of a chain, streaming its tokens."""
     text = await ctx.complete(prompt, system=system, max_tokens=400)
@@ -116,11 +115,13 @@ async def prompt_chain(run: Run, input: ChainInput) -> dict[str, str]:
             data={"iteration": n, "tasks": layer, **info},
         )
         specs = [
-            run.task("chain_prompt", render(by_name[name].prompt, outputs), input.system, name=name)
+            run.task(chain_prompt, render(by_name[name].prompt, outputs), input.system).options(
+                name=name
+            )
             for name in layer
         ]
-        results: list[Any] = await run.parallel(specs, progress=span)
-        outputs.update({name: str(text) for name, text in zip(layer, results, strict=True)})
+        results = await run.parallel(specs, progress=span)
+        outputs.update(dict(zip(layer, results, strict=True)))
         await run.emit(
             EventType.ITERATION_COMPLETED,
             f"Layer {n}/{len(plan)} done",

@@ -106,7 +106,7 @@ def _first_sentences(text: str, limit: int = 240) -> str:
     return text[: cut + 1] if cut > 40 else text[:limit].rstrip() + "…"
 
 
-@activity("research_question")
+@activity
 async def research_question(
     ctx: TaskContext, topic: str, question: str, iteration: int = 1
 ) -> dict[str, Any]:
@@ -184,10 +184,10 @@ async def research(run: Run, input: ResearchInput) -> dict[str, Any]:
             data={"iteration": n, "depth": input.depth, "questions": questions, **info},
         )
         tasks = [
-            run.task("research_question", topic, q, n, name=f"research {n}.{i + 1}")
+            run.task(research_question, topic, q, n).options(name=f"research {n}.{i + 1}")
             for i, q in enumerate(questions)
         ]
-        results: list[dict[str, Any]] = await run.parallel(tasks, progress=(start, start + span))
+        results = await run.parallel(tasks, progress=(start, start + span))
         findings.extend(results)
         await run.emit(
             EventType.ITERATION_COMPLETED,

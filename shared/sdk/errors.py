@@ -1,6 +1,11 @@
 """The errors a workflow author meets: raised to a workflow, or raised by one on purpose.
 
 All are `TidingsError`s, so the engine reports them with their message and nothing else.
+
+Cancellation is not among them: a `cancel` signal cancels the workflow's task, so it arrives as
+`asyncio.CancelledError` at whatever the workflow awaits. Do not swallow it (clean up in
+`finally`); should a workflow swallow it anyway, the run still ends `cancelled`. Likewise a
+`ReplayMismatch` caught by the workflow still fails the run: the engine remembers it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ class TaskFailed(WorkflowError):
 
 
 class StepTimeout(WorkflowError):
-    """A step or task ran past its `timeout` (after its retries, if any)."""
+    """A step ran past its `timeout` on its last try. (A task's last try that runs out fails
+    the task: `parallel` raises `TaskFailed`, its message saying the task timed out.)"""
 
     code = "step_timeout"
 

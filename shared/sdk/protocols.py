@@ -3,19 +3,34 @@
 The engine (`tidings.services.worker`) implements them; a workflow sees nothing else of it.
 Everything a shipped workflow needs of its process is here: the run's identity (`info`), the
 model (`model`), other runs (`runs`). A `getattr` on a handle means this protocol lacks something.
+
+Typing. `run.task(activity_fn, *args, **kwargs)` is checked against the activity's parameters
+after its `ctx` (a `ParamSpec`), and returns a `TaskSpec[R]` with `R` the activity's return type,
+which `run.parallel` hands back as `list[R]`. The task's own options (`name`, `retries`,
+`timeout`) are reserved keywords of `run.task` (no activity may take a parameter of those names:
+`@activity` refuses it), but Python's typing cannot add keywords next to a `ParamSpec`, so a typed
+call sets them with `.options(...)`: `run.task(fetch, url).options(retries=5, timeout=30)`. By
+name (`run.task("fetch", url, retries=5)`) the arguments are not type-checked.
+
+Cancellation. A `cancel` signal cancels the workflow's task wherever it awaits: the author sees
+`asyncio.CancelledError` (a model call, a sleep, a step, `parallel`…). Clean up in `finally` and
+let it propagate; a workflow that swallows it still ends `cancelled`, never `completed`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from tidings.events import EventType
 
 __all__ = ["Run", "RunInfo", "RunView", "Runs", "Signal", "TaskContext", "TaskSpec"]
 
 T = TypeVar("T")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +104,41 @@ class Signal:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """A fanned-out unit of work, made by `run.task`, executed by `run.parallel`."""
+class TaskSpec(Generic[R_co]):
+    """A fanned-out unit of work, made by `run.task`, executed by `run.parallel`; `R_co` is what
+    the activity returns (its return annotation, validated on the way back)."""
 
     activity: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # display name in events; defaults to the activity name
-    retries: int = 2
+    retries: int = 2  # failed tries retried (a lost worker is retried on top of these)
+    timeout: float | None = None  # seconds per try, on the worker executing it
+
+    def options(
+        self, *, name: str | None = None, retries: int | None = None, timeout: float | None = None
+    ) -> TaskSpec[R_co]:
+        """This task with other options (what keeps `run.task(fn, …)` type-checked)."""
+        return replace(
+            self,
+            name=self.name if name is None else name,
+            retries=self.retries if retries is None else check_retries(retries),
+            timeout=self.timeout if timeout is None else check_timeout(timeout),
+        )
+
+
+def check_retries(retries: int) -> int:
+    if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:
+        raise ValueError(f"retries must be an integer from 0 to 100, not {retries!r}")
+    return retries
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
 
 
 class TaskContext(Protocol):
@@ -163,25 +205,83 @@ class Run(Protocol):
         """Apply `updates` to `state` and persist it; restored on re-execution."""
 
     async def step(
-        self, name: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        key: str | None = None,
+        timeout: float | None = None,
+        retries: int = 0,
+        backoff: float = 1.0,
+        **kwargs: Any,
     ) -> T:
-        """Run `fn` once and checkpoint its JSON result under `name` (repeated names in a loop
-        get `name#2`, `name#3`…). Emits task_started / task_completed (or task_failed).
-        Returns the result as JSON values (a model comes back as a dict), the first time and on
-        replay alike."""
+        """Run `fn(*args, **kwargs)` once and checkpoint its result; on re-execution return the
+        checkpoint instead of running it again. Emits task_started, task_retrying, then
+        task_completed or task_failed.
+
+        The checkpoint's key is `name` (the n-th step of the same name in one execution gets
+        `name#n`), or `key` when given: a key independent of the order of calls, for steps in
+        conditionals or loops. A checkpoint recorded by another function (or, without `key`,
+        with other arguments) raises `ReplayMismatch` instead of returning its result.
+
+        `timeout` bounds each try (seconds); `retries` re-runs a failed or timed-out try after
+        `backoff` seconds, doubled each retry (capped at a minute). A step that timed out on its
+        last try raises `StepTimeout`; another error is raised as it is. A `WorkflowError` is
+        never retried. `key`, `timeout`, `retries` and `backoff` are the step's own, keyword-only
+        and reserved: they never reach `fn` (bind such arguments with a closure or a partial);
+        `name` and `fn` are positional-only, so `fn` may take a keyword `name`.
+
+        Returns `fn`'s result as its return annotation says (a pydantic model comes back as that
+        model, validated from the stored JSON), the first time and on replay alike; without an
+        annotation (or `Any`), the JSON values."""
         ...
 
+    @overload
     def task(
-        self, activity: str, *args: Any, name: str = "", retries: int = 2, **kwargs: Any
-    ) -> TaskSpec:
-        """Describe a call of a registered activity, to pass to `parallel`."""
+        self,
+        activity: Callable[Concatenate[TaskContext, P], Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> TaskSpec[R]: ...
+
+    @overload
+    def task(
+        self,
+        activity: str,
+        /,
+        *args: Any,
+        name: str = "",
+        retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> TaskSpec[Any]: ...
+
+    def task(self, activity: Any, /, *args: Any, **kwargs: Any) -> TaskSpec[Any]:
+        """Describe a call of a registered activity, to pass to `parallel`: by its function
+        (arguments type-checked; set options with `.options(...)`) or by its name. Raises at once
+        for a function that is not a registered activity (TypeError) or an unknown name.
+
+        Options: `name` (shown in events), `retries` (failed tries retried; the activity's
+        default, 2 unless `@activity` says otherwise), `timeout` (seconds per try, on the worker
+        executing it: a try that runs out counts as a failed try). Reserved keywords."""
         ...
 
     async def parallel(
-        self, tasks: Sequence[TaskSpec], *, progress: tuple[float, float] | None = None
-    ) -> list[Any]:
-        """Enqueue each task as its own job across the worker pool; results in order. Each task is
-        checkpointed; retries (task_retrying) up to `retries`; raises if one finally fails.
+        self,
+        tasks: Sequence[TaskSpec[R]],
+        *,
+        progress: tuple[float, float] | None = None,
+        key: str | None = None,
+    ) -> list[R]:
+        """Enqueue each task as its own job across the worker pool; results in order, each as its
+        activity's return annotation says. Each task is checkpointed; retries (task_retrying) up
+        to `retries`; raises `TaskFailed` if one finally fails.
+
+        Task ids are `p<n>.<i>` (the n-th `parallel` call of this execution), or `<key>.<i>` with
+        `key` (letters, digits, `_`, `-`): stable whatever other fan-outs ran before. A stored
+        result of another activity (or, without `key`, other arguments) raises `ReplayMismatch`.
 
         With `progress=(start, end)` the run's overall progress moves from `start` to `end` as the
         tasks complete, each adding `(end - start) / len(tasks)` (a `task_progress` event with
