@@ -242,6 +242,11 @@ class Settings(BaseModel):
     llm_token_delay_ms: float = Field(
         18.0, ge=0, description="Simulated model: mean delay between tokens."
     )
+    llm_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Model endpoint: longest wait to connect or for the next bytes of a reply.",
+    )
 
     @field_validator("retention", mode="before")
     @classmethod

@@ -1,17 +1,22 @@
-"""The language-model interface workflows stream from, and its two providers.
+"""The model providers workflows stream from, both implementing `tidings.sdk.model.Model`.
 
 `make_llm(settings)` picks one by `settings.llm_provider`:
 
-- `simulated` (default, offline): a deterministic model. The same prompt always produces the same
-  text (the generator is seeded from a hash of the prompt), built from the prompt's own words so
-  replies stay on topic, paced like a real model (mean `llm_token_delay_ms` between tokens with
-  jitter, a longer wait before the first). Its `name` is `simulated` and `simulated` is True, so
-  whatever shows its output can say so. A prompt that asks for "N questions" gets a numbered list.
+- `simulated` (default, offline): a deterministic model (`simulated_text`). The same prompt always
+  produces the same text, built from the prompt's own words, paced like a real model (mean
+  `llm_token_delay_ms` between tokens with jitter, a longer wait before the first). Its `name` is
+  `simulated` and `simulated` is True, so whatever shows its output can say so. It cannot reason,
+  so in `chat` it chooses a tool by the tools' own `match` (the first tool whose `match` accepts
+  the user's message is called), and after a tool it answers with the tool's text verbatim.
 - `openai`: any OpenAI-compatible `/chat/completions` endpoint (OpenAI, Ollama, vLLM, llama.cpp)
-  with `stream: true`; the SSE body is parsed with `tidings.sse.SSEParser` and each
-  `choices[0].delta.content` is yielded. Transport and protocol failures become `LLMError`.
-  Cancelling the consumer closes the HTTP response (the `async with` blocks unwind), so a
-  cancelled run stops the server-side generation too.
+  with `stream: true`, and tools sent as `tools` of type `function`. The SSE body is parsed with
+  `tidings.sse.SSEParser`: each `choices[0].delta.content` is yielded as it comes, and the
+  `delta.tool_calls` fragments are gathered by `index` (id, name, argument text concatenated) into
+  `ToolCall`s yielded when the stream ends. Transport and protocol failures (HTTP errors, error
+  chunks, invalid JSON, malformed tool-call deltas, no bytes for `llm_timeout_s`) become
+  `ModelError`; arguments that are not a JSON object become a call with `error` set, which the
+  tool loop reports back to the model. Cancelling the consumer closes the HTTP response (the
+  `async with` blocks unwind), so a cancelled run stops the server-side generation too.
 
 A client is made per call rather than pooled: a completion takes seconds, a connection set-up
 milliseconds, and a per-call client has no event-loop affinity to get wrong in worker processes.
@@ -20,19 +25,19 @@ milliseconds, and a per-call client has no event-loop affinity to get wrong in w
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import random
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import httpx
 
-from tidings.errors import TidingsError
+from tidings.sdk.model import Message, Model, ModelError, Tool, ToolCall
 from tidings.settings import Settings
 from tidings.sse import SSEParser
+
+from . import simulated_text
 
 __all__ = ["LLM", "LLMError", "OpenAICompatible", "SimulatedLLM", "make_llm"]
 
@@ -40,32 +45,18 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 
-
-class LLMError(TidingsError):
-    """The model endpoint failed: unreachable, an HTTP error, or a malformed stream."""
-
-    code = "llm_error"
-    status = 502
+# The engine's names for the SDK's: one protocol, one error class.
+LLM = Model
+LLMError = ModelError
 
 
-@runtime_checkable
-class LLM(Protocol):
-    name: str
-    simulated: bool
-
-    def stream(
-        self, prompt: str, *, system: str | None = None, max_tokens: int = 400
-    ) -> AsyncIterator[str]:
-        """Yield the completion of `prompt` as text deltas, as soon as each is available."""
-        ...
-
-
-def make_llm(settings: Settings) -> LLM:
+def make_llm(settings: Settings) -> Model:
     if settings.llm_provider == "openai":
         return OpenAICompatible(
             base_url=settings.llm_base_url or _DEFAULT_OPENAI_URL,
             model=settings.llm_model,
             api_key=settings.llm_api_key,
+            timeout=settings.llm_timeout_s,
         )
     if settings.llm_provider == "simulated":
         return SimulatedLLM(token_delay_ms=settings.llm_token_delay_ms)
@@ -73,126 +64,6 @@ def make_llm(settings: Settings) -> LLM:
 
 
 # --- simulated -----------------------------------------------------------------------------------
-
-_STOPWORDS_TEXT = """
-    a about above after again against all also am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers him his how i if in into is it its itself just
-    list me more most my no nor not now of off on once only or other our out over own please
-    same she should so some such than that the their them then there these they this those
-    through to too under until up very was we were what when where which while who whom why will
-    with would you your yours give write answer reply short brief one two three four five six
-    seven eight nine ten using based following question questions research topic findings
-    summary summarize summarise report explain tell make new per each into given affect affects
-    change changes help helps use used uses like get gets know want need needs look looks way
-    together cover covers line lines numbered concise concrete facts figures careful deeper
-    found far synthesizing synthesize follow-up goes go assistant user conversation hello hi
-    thanks thank okay yes sure really much many something anything describe say said talk
-    compare versus poem
-"""
-_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
-
-# Angles any subject has: what a question or a paragraph can be about when the prompt says little.
-_ASPECTS = (
-    "costs",
-    "safety",
-    "regulation",
-    "adoption",
-    "the evidence base",
-    "day-to-day practice",
-    "access and equity",
-    "data quality",
-    "the workforce",
-    "long-term outcomes",
-)
-
-_QUESTION_FORMS = (
-    "What is the current state of {t}?",
-    "How does {t} affect {x}?",
-    "What measurable outcomes has {t} produced so far?",
-    "Which risks and limitations of {t} matter most for {x}?",
-    "Who are the main actors shaping {t}, and what are they betting on?",
-    "What evidence compares {t} with conventional approaches to {x}?",
-    "How much does {t} cost, and who bears that cost?",
-    "What will {t} look like in five years?",
-    "Which open problems block wider adoption of {t}?",
-    "How do regulation and policy constrain {t}?",
-    "What do practitioners report about {t} in day-to-day work?",
-    "Where has {t} failed, and what was learned?",
-    "How does {x} change the economics of {t}?",
-    "What data does {t} depend on, and how reliable is it?",
-    "Which communities benefit least from {t}?",
-    "What would change the consensus on {t} and {x}?",
-)
-
-_SENTENCE_FORMS = (
-    "{T} is increasingly shaped by {x}, and most recent work treats the two together.",
-    "Studies of {t} report gains of {n}% on measures tied to {x}.",
-    "The strongest evidence on {t} comes from deployments where {x} was measured before and after.",
-    "Critics point out that {t} depends heavily on {x}, which is uneven across settings.",
-    "In practice, {t} changes who does the work more than how much work there is.",
-    "Costs associated with {t} fell by roughly {n}% over the last few years, largely through {x}.",
-    "The open question is whether gains in {x} hold up outside the pilots that made {t} look good.",
-    "Teams working on {t} tend to underestimate the effort needed for {x}.",
-    "Compared with older approaches, {t} is faster but harder to audit.",
-    "Regulators increasingly ask how {t} handles {x}, and the answers are still forming.",
-    "About {n} in 100 organisations surveyed report some use of {t}, often alongside {x}.",
-    "The most cited setback for {t} came from ignoring {x}.",
-    "Taken together, the findings on {t} and {x} point to steady rather than sudden change.",
-    "Where {x} is weak, the benefits of {t} shrink considerably.",
-    "Early results on {x} are promising, but sample sizes remain small.",
-)
-
-_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'+-]*")
-_ASK_QUESTIONS = re.compile(r"\b(\d{1,2})\s+(?:[\w-]+\s+){0,2}questions\b", re.IGNORECASE)
-_TOPIC_LINE = re.compile(r"^\s*topic\s*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
-
-
-def _keywords(text: str) -> list[str]:
-    """Content words by frequency (first appearance breaks ties); acronyms keep their case."""
-    counts: dict[str, int] = {}
-    for word in _WORD.findall(text):
-        low = word.lower().strip("'-")
-        if word.isupper() and 2 <= len(word) <= 6:
-            key = word  # AI, GDPR
-        elif len(low) >= 4 and low not in _STOPWORDS and not low.isdigit():
-            key = low
-        else:
-            continue
-        counts[key] = counts.get(key, 0) + 1
-    order = {w: i for i, w in enumerate(counts)}
-    return sorted(counts, key=lambda w: (-counts[w], order[w]))
-
-
-def _subject(prompt: str) -> tuple[str, list[str]]:
-    """(the prompt's subject, other terms worth mentioning)."""
-    match = _TOPIC_LINE.search(prompt)
-    if match:
-        topic = match.group(1).strip().rstrip(".")[:120]
-        rest = prompt[: match.start()] + prompt[match.end() :]
-        topic_words = {w.lower() for w in _WORD.findall(topic)}
-        terms = [w for w in _keywords(rest) if w.lower() not in topic_words]
-        return topic, terms[:6]
-    words = _keywords(prompt)
-    if not words:
-        return "this", []
-    return " and ".join(words[:2]), words[2:8]
-
-
-def _tokens(text: str, rng: random.Random) -> list[str]:
-    """Split like a subword tokenizer would: words with their leading space, long words in two."""
-    out: list[str] = []
-    for line_no, line in enumerate(text.split("\n")):
-        if line_no:
-            out.append("\n")
-        for i, word in enumerate(line.split(" ")):
-            piece = word if i == 0 else " " + word
-            if len(word) > 8 and rng.random() < 0.5:
-                cut = len(piece) - len(word) + rng.randint(3, len(word) - 3)
-                out.extend((piece[:cut], piece[cut:]))
-            elif piece:
-                out.append(piece)
-    return out
 
 
 class SimulatedLLM:
@@ -213,23 +84,18 @@ class SimulatedLLM:
 
     def compose(self, prompt: str, *, system: str | None = None) -> str:
         """The full text this model answers `prompt` with (what `stream` yields, joined)."""
-        rng = self._rng(prompt, system)
-        topic, terms = _subject(prompt)
-        asked = _ASK_QUESTIONS.search(prompt)
-        if asked:
-            return self._questions(rng, int(asked.group(1)), topic, terms)
-        return self._prose(rng, topic, terms)
+        return simulated_text.compose(prompt, system)
 
     async def stream(
         self, prompt: str, *, system: str | None = None, max_tokens: int = 400
     ) -> AsyncIterator[str]:
-        rng = self._rng(prompt, system)
+        rng = simulated_text.rng_for(prompt, system)
         pace = random.Random(rng.random())
-        tokens = _tokens(self.compose(prompt, system=system), rng)[: max(1, max_tokens)]
+        tokens = simulated_text.tokens(self.compose(prompt, system=system), rng)
         mean = self.token_delay_ms / 1000
         # A real model takes a moment before the first token (prompt processing).
         await self._sleep(mean * pace.uniform(2.0, 5.0))
-        for token in tokens:
+        for token in tokens[: max(1, max_tokens)]:
             yield token
             # Jittered gaps around the mean, never negative, occasionally a longer stall.
             gap = max(0.0, pace.gauss(mean, mean * 0.35))
@@ -237,36 +103,38 @@ class SimulatedLLM:
                 gap += mean * 4
             await self._sleep(gap)
 
-    @staticmethod
-    def _rng(prompt: str, system: str | None) -> random.Random:
-        digest = hashlib.sha256(f"{system or ''}\x00{prompt}".encode()).digest()
-        return random.Random(int.from_bytes(digest[:8], "big"))
-
-    @staticmethod
-    def _angle(rng: random.Random, terms: list[str]) -> str:
-        """A term from the prompt about two times in three, else a generic aspect."""
-        if terms and rng.random() < 0.65:
-            return rng.choice(terms)
-        return rng.choice(_ASPECTS)
-
-    def _questions(self, rng: random.Random, n: int, topic: str, terms: list[str]) -> str:
-        forms = list(_QUESTION_FORMS)
-        rng.shuffle(forms)
-        lines = []
-        for i in range(max(1, min(n, 20))):
-            question = forms[i % len(forms)].format(t=topic, x=self._angle(rng, terms))
-            lines.append(f"{i + 1}. {question}")
-        return "\n".join(lines)
-
-    def _prose(self, rng: random.Random, topic: str, terms: list[str]) -> str:
-        forms = list(_SENTENCE_FORMS)
-        rng.shuffle(forms)
-        sentences = []
-        for form in forms[: rng.randint(3, 6)]:
-            x = self._angle(rng, terms)
-            t = topic
-            sentences.append(form.format(t=t, T=t[:1].upper() + t[1:], x=x, n=rng.randint(12, 60)))
-        return " ".join(sentences)
+    async def chat(
+        self, messages: Sequence[Message], *, tools: Sequence[Tool] = (), max_tokens: int = 400
+    ) -> AsyncIterator[str | ToolCall]:
+        if not messages:
+            raise ModelError("no messages to answer")
+        last = messages[-1]
+        if last.role == "tool":
+            results: list[Message] = []
+            for message in reversed(messages):
+                if message.role != "tool":
+                    break
+                results.insert(0, message)
+            yield "\n".join(
+                f"That did not work: {m.content}" if m.error else m.content for m in results
+            )
+            return
+        if last.role == "user":
+            for tool in tools:
+                arguments = tool.match(last.content) if tool.match else None
+                if arguments is not None:
+                    yield ToolCall(tool.name, arguments, id=f"call_{len(messages)}")
+                    return
+        system = "\n\n".join(m.content for m in messages if m.role == "system") or None
+        earlier = [
+            f"{m.role}: {m.content}"
+            for m in messages[:-1]
+            if m.role in ("user", "assistant") and not m.tool_calls
+        ]
+        if earlier:
+            system = (system or "") + "\n\nConversation so far:\n" + "\n".join(earlier)
+        async for token in self.stream(last.content, system=system, max_tokens=max_tokens):
+            yield token
 
 
 # --- OpenAI-compatible ---------------------------------------------------------------------------
@@ -283,22 +151,49 @@ class OpenAICompatible:
         base_url: str,
         model: str,
         api_key: str | None = None,
-        timeout: httpx.Timeout | None = None,
+        timeout: float = 120.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = model
+        self.timeout_s = timeout
         self._api_key = api_key
-        self._timeout = timeout or httpx.Timeout(120.0, connect=10.0)
+        # `timeout` bounds each wait: connecting, and every read of the reply (a stalled stream).
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
 
     async def stream(
         self, prompt: str, *, system: str | None = None, max_tokens: int = 400
     ) -> AsyncIterator[str]:
-        messages: list[dict[str, str]] = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": prompt})
-        body = {"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens}
+        messages = [Message("system", system)] if system else []
+        messages.append(Message("user", prompt))
+        async for item in self.chat(messages, max_tokens=max_tokens):
+            if isinstance(item, str):
+                yield item
+
+    async def chat(
+        self, messages: Sequence[Message], *, tools: Sequence[Tool] = (), max_tokens: int = 400
+    ) -> AsyncIterator[str | ToolCall]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [_wire(m) for m in messages],
+            "stream": True,
+            "max_tokens": max_tokens,
+        }
+        if tools:
+            body["tools"] = [{"type": "function", "function": t.spec()} for t in tools]
+        calls = _CallParts()
+        async for data in self._events(body):
+            chunk = _chunk(data)
+            content, tool_deltas = _delta(chunk, data)
+            if tool_deltas is not None:
+                calls.feed(tool_deltas)
+            if content:
+                yield content
+        for call in calls.finish():
+            yield call
+
+    async def _events(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        """The `data` of each SSE message of the reply, up to `[DONE]` or the end of the body."""
         headers = {"Accept": "text/event-stream"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -310,33 +205,138 @@ class OpenAICompatible:
             ):
                 if response.status_code >= 400:
                     detail = (await response.aread()).decode(errors="replace")[:300]
-                    raise LLMError(
+                    raise ModelError(
                         f"model endpoint {url} answered {response.status_code}: {detail}"
                     )
+                kind = response.headers.get("content-type", "")
+                if "json" in kind:  # an error object, or a server that ignored `stream`
+                    detail = (await response.aread()).decode(errors="replace")[:300]
+                    raise ModelError(f"model endpoint {url} did not stream ({kind}): {detail}")
                 parser = SSEParser()
-                async for chunk in response.aiter_bytes():
-                    for message in parser.feed(chunk):
+                async for raw in response.aiter_bytes():
+                    for message in parser.feed(raw):
+                        if message.event == "error":
+                            raise ModelError(
+                                f"model stream reported an error: {message.data}"[:400]
+                            )
                         if message.data.strip() == "[DONE]":
                             return
-                        delta = _delta(message.data)
-                        if delta:
-                            yield delta
+                        if message.data.strip():
+                            yield message.data
+        except httpx.TimeoutException as exc:
+            what = "connect" if isinstance(exc, httpx.ConnectTimeout) else "send the next bytes"
+            raise ModelError(
+                f"model endpoint {url} did not {what} within {self.timeout_s:g} s"
+            ) from exc
         except httpx.HTTPError as exc:
-            raise LLMError(f"model endpoint {url} failed: {exc!r}") from exc
+            raise ModelError(f"model endpoint {url} failed: {exc!r}") from exc
 
 
-def _delta(data: str) -> str:
+def _wire(message: Message) -> dict[str, Any]:
+    """A message as `/chat/completions` takes it."""
+    if message.role == "tool":
+        content = f"Error: {message.content}" if message.error else message.content
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
+    return out
+
+
+def _chunk(data: str) -> dict[str, Any]:
     try:
         chunk: Any = json.loads(data)
     except ValueError as exc:
-        raise LLMError(f"model stream sent invalid JSON: {data[:200]!r}") from exc
+        raise ModelError(f"model stream sent invalid JSON: {data[:200]!r}") from exc
     if not isinstance(chunk, dict):
-        raise LLMError(f"model stream sent an unexpected chunk: {data[:200]!r}")
+        raise ModelError(f"model stream sent an unexpected chunk: {data[:200]!r}")
     if "error" in chunk:
-        raise LLMError(f"model stream reported an error: {chunk['error']!r}"[:400])
+        raise ModelError(f"model stream reported an error: {chunk['error']!r}"[:400])
+    return chunk
+
+
+def _delta(chunk: dict[str, Any], data: str) -> tuple[str, Any]:
+    """(text, the raw `tool_calls` list or None) of one chunk's first choice."""
     choices = chunk.get("choices") or []
+    if not isinstance(choices, list):
+        raise ModelError(f"model stream sent an unexpected chunk: {data[:200]!r}")
     if not choices or not isinstance(choices[0], dict):
-        return ""  # e.g. a final usage-only chunk
+        return "", None  # e.g. a final usage-only chunk
     delta = choices[0].get("delta") or {}
-    content = delta.get("content") if isinstance(delta, dict) else None
-    return content if isinstance(content, str) else ""
+    if not isinstance(delta, dict):
+        raise ModelError(f"model stream sent an unexpected chunk: {data[:200]!r}")
+    content = delta.get("content")
+    return (content if isinstance(content, str) else ""), delta.get("tool_calls")
+
+
+class _CallParts:
+    """Tool calls gathered from streamed fragments: by `index`, the id and name taken when they
+    come, the argument text concatenated. Servers that omit `index` (one call per chunk, or the
+    same call continued) are followed by id."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[str, str]] = {}
+        self.last: int | None = None
+
+    def feed(self, deltas: Any) -> None:
+        if not isinstance(deltas, list):
+            raise ModelError(f"malformed tool call delta: {_short(deltas)}")
+        for delta in deltas:
+            if not isinstance(delta, dict):
+                raise ModelError(f"malformed tool call delta: {_short(delta)}")
+            index = delta.get("index")
+            if index is None:
+                index = self._index_of(delta.get("id"))
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 128:
+                raise ModelError(f"malformed tool call delta (index): {_short(delta)}")
+            part = self.parts.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            self.last = index
+            function = delta.get("function") or {}
+            if not isinstance(function, dict):
+                raise ModelError(f"malformed tool call delta: {_short(delta)}")
+            call_id, name = delta.get("id"), function.get("name")
+            arguments = function.get("arguments")
+            if not all(v is None or isinstance(v, str) for v in (call_id, name, arguments)):
+                raise ModelError(f"malformed tool call delta: {_short(delta)}")
+            part["id"] = part["id"] or call_id or ""
+            if name and name != part["name"]:  # some servers repeat the whole name
+                part["name"] += name
+            part["arguments"] += arguments or ""
+
+    def _index_of(self, call_id: Any) -> int:
+        if self.last is None:
+            return 0
+        if call_id and call_id != self.parts[self.last]["id"]:
+            return len(self.parts)
+        return self.last
+
+    def finish(self) -> list[ToolCall]:
+        calls = []
+        for index in sorted(self.parts):
+            part = self.parts[index]
+            if not part["name"]:
+                raise ModelError(f"the model sent a tool call without a name: {_short(part)}")
+            call_id = part["id"] or f"call_{index}"
+            raw = part["arguments"].strip() or "{}"
+            try:
+                arguments = json.loads(raw)
+            except ValueError:
+                calls.append(ToolCall(part["name"], {}, call_id, f"not valid JSON: {raw[:200]!r}"))
+                continue
+            if not isinstance(arguments, dict):
+                calls.append(ToolCall(part["name"], {}, call_id, f"not a JSON object: {raw[:200]}"))
+                continue
+            calls.append(ToolCall(part["name"], arguments, call_id))
+        return calls
+
+
+def _short(value: Any) -> str:
+    return json.dumps(value, default=repr)[:200]
