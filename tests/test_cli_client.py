@@ -63,7 +63,12 @@ def stack(processes: Processes, settings_env: Callable[..., dict[str, str]]) -> 
     env = settings_env(port=port, log_level="warning")
     stack = Stack(f"http://127.0.0.1:{port}", port, env, processes)
     stack.gateway()
-    processes.start([*CLI, "worker"], env=env, name="worker")
+    worker = processes.start([*CLI, "worker"], env=env, name="worker")
+    deadline = time.monotonic() + 30
+    # Ready once the worker has published its workflows: the gateway knows them from Redis.
+    while not any(w["served"] for w in httpx.get(stack.url + "/api/workflows").json()["workflows"]):
+        assert worker.poll() is None and time.monotonic() < deadline, processes.output(worker)
+        time.sleep(0.05)
     yield stack
 
 

@@ -215,6 +215,12 @@ def test_gateway_and_worker_commands_join_the_local_up_without_redis_url(
     up = processes.start([*CLI, "up", "--workers", "0"], env=env, name="up")
     _wait_ready(up, processes, port)
     worker = processes.start([*CLI, "worker"], env=env, name="worker")  # finds data/redis.url
+    deadline = time.monotonic() + 30
+    # The gateway knows monty once the worker has published it to the catalog.
+    url = f"http://127.0.0.1:{port}/api/workflows"
+    while not any(w["served"] for w in httpx.get(url).json()["workflows"]):
+        assert worker.poll() is None and time.monotonic() < deadline, processes.output(worker)
+        time.sleep(0.05)
     done = subprocess.run(
         [*CLI, "run", "monty", "--follow", "--json", "--input", json.dumps(_ONE_ITERATION)],
         env={**os.environ, **env},

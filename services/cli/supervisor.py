@@ -156,7 +156,8 @@ class Supervisor:
         child.started = time.monotonic()
 
     def _wait_ready(self) -> bool:
-        """Poll the gateway's /readyz; False if stopped or a child died meanwhile."""
+        """Poll the gateway's /readyz, then its catalog until a worker has published; False if
+        stopped or a child died meanwhile."""
         url = gateway_url(self.settings) + "/readyz"
         deadline = time.monotonic() + _READY_TIMEOUT_S
         with httpx.Client(timeout=1.0) as client:
@@ -164,15 +165,22 @@ class Supervisor:
                 if self._check_children(restart=False) is not None:
                     return False
                 try:
-                    if client.get(url).status_code == 200:
+                    if client.get(url).status_code == 200 and self._workers_published(client):
                         return True
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError, KeyError):
                     pass
                 if time.monotonic() > deadline:
                     self._say(f"the gateway did not become ready within {_READY_TIMEOUT_S:.0f}s")
                     return False
                 self._stop.wait(0.1)
         return False
+
+    def _workers_published(self, client: httpx.Client) -> bool:
+        """With workers to start: one has published its workflows (a run started now is found)."""
+        if len(self.children) == 1:
+            return True
+        listed = client.get(gateway_url(self.settings) + "/api/workflows").json()["workflows"]
+        return any(w["served"] for w in listed)
 
     def _banner(self, redis_url: str) -> None:
         url = gateway_url(self.settings)
