@@ -3,7 +3,8 @@
 - `shared/` (imported as `tidings`) never imports `services/` (`tidings.services`).
 - The SDK (`tidings.sdk`, what a workflow author imports) loads nothing of Tidings beyond
   itself and the leaf modules it names, and no Redis, queue or web library.
-- No import cycles between modules (imports under `TYPE_CHECKING` excepted: they never run).
+- No import cycles between modules, deferred imports inside functions included (imports under
+  `TYPE_CHECKING` excepted: they never run).
 - pyproject's package list names every package folder, so an install has all of them.
 """
 
@@ -41,8 +42,9 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(module: str, path: Path, *, module_level: bool) -> Iterator[str]:
-    """Absolute names of what `module` imports; `module_level`: only what runs on import."""
+def _imports(module: str, path: Path) -> Iterator[str]:
+    """Absolute names of what `module` imports, at any depth (a function's deferred import is
+    still a dependency), except under `TYPE_CHECKING`."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
 
     def visit(nodes: list[ast.stmt]) -> Iterator[str]:
@@ -60,8 +62,7 @@ def _imports(module: str, path: Path, *, module_level: bool) -> Iterator[str]:
                 yield base
                 yield from (f"{base}.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                if not module_level:
-                    yield from visit(node.body)
+                yield from visit(node.body)
             else:
                 for field in ("body", "orelse", "finalbody", "handlers"):
                     children = getattr(node, field, None)
@@ -80,7 +81,7 @@ def test_shared_never_imports_services() -> None:
         f"{mod} imports {name}"
         for mod, path in _modules().items()
         if not mod.startswith("tidings.services")
-        for name in _imports(mod, path, module_level=False)
+        for name in _imports(mod, path)
         if name.startswith(("tidings.services", "services"))
     ]
     assert offenders == []
@@ -90,7 +91,7 @@ def test_nothing_imports_the_folders_by_their_names() -> None:
     offenders = [
         f"{mod} imports {name}"
         for mod, path in _modules().items()
-        for name in _imports(mod, path, module_level=False)
+        for name in _imports(mod, path)
         if name.split(".")[0] in _FOLDERS
     ]
     assert offenders == []
@@ -116,7 +117,7 @@ def test_no_import_cycles() -> None:
     graph = {
         mod: {
             name
-            for name in _imports(mod, path, module_level=True)
+            for name in _imports(mod, path)
             if name in modules and name != mod and not mod.startswith(f"{name}.")
         }
         for mod, path in modules.items()
