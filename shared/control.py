@@ -51,7 +51,7 @@ from .errors import (
     RunFinished,
 )
 from .events import Event, EventType, RunStatus
-from .jobs import JobQueue, job_key, run_job_id, signal_doorbell
+from .jobs import JobQueue, job_key, queue_of, run_job_id, signal_doorbell
 from .keys import Keys, check_run_id
 from .runs import RunRecord, RunStore
 from .settings import Settings
@@ -105,11 +105,12 @@ class Control:
         `owner`: the client that started it (the gateway's client id, never a credential)."""
         self._check_size("input", input)
         prepared = await self.prepare(workflow, input)
+        queue = self.keys.queue_for(workflow, prepared.version)
         return await self.store.create(
             workflow,
             prepared.input,
             run_id=run_id,
-            also=lambda pipe, rid: self.queue.enqueue_run_in(pipe, rid, 1),
+            also=lambda pipe, rid: self.queue.enqueue_run_in(pipe, queue, rid, 1),
             version=prepared.version,
             **({"owner": owner} if owner else {}),
         )
@@ -205,7 +206,7 @@ class Control:
             return  # a worker took it meanwhile; it reads the cancel from the signal list
         job_id = run_job_id(record.run_id, record.attempt)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.queue, job_id)
+            pipe.zrem(queue_of(self.keys, record), job_id)
             pipe.delete(job_key(job_id))
             await pipe.execute()
 

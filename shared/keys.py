@@ -20,10 +20,13 @@ publish script needs.
 | `<ns>:runs`                  | zset    | every run by creation time (ms): history                 |
 | `<ns>:active`                | zset    | runs not yet finished: what the sweeper checks           |
 | `<ns>:expiring`              | zset    | finished runs by when their keys expire (ms)             |
-| `<ns>:queue`                 | zset    | the arq queue                                            |
+| `<ns>:queue:{WF}:{V}`        | zset    | the arq queue of workflow WF at version V (schema 2)     |
+| `<ns>:lease_deadlines`       | zset    | run id → when its lease lapses (ms, Redis clock): sweeps |
+| `<ns>:workers`               | hash    | worker name → when it last (re)connected (ms): liveness  |
+| `<ns>:lock:sweep`            | string  | the worker sweeping now (short TTL, renewed)             |
 | channel `<ns>:run:{ID}`      | pub/sub | each event of the run (JSON with its stream `id`)        |
 | channel `<ns>:runs`          | pub/sub | run lifecycle summaries (JSON)                           |
-| channel `<ns>:wake`          | pub/sub | workers' doorbell: `job <id>` enqueued, `signal <run>`   |
+| channel `<ns>:wake`          | pub/sub | doorbell: `job <wf>:<version> <id>`, `signal <run>`      |
 | `<ns>:compat:wf:{ID}`        | string  | seed-000 workflow definition until `execute` (TTL 1 d)   |
 | `<ns>:catalog`               | hash    | workflow catalog: `<name>:<version>` → definition JSON   |
 | `<ns>:catalog:versions`      | zset    | `<name>:<version>` → when first published (ms)           |
@@ -44,8 +47,9 @@ enters the run in `<ns>:expiring`; entries that fall due are dropped from `<ns>:
 finish, by `tidings prune`, and by any listing that meets a run whose record is gone.
 
 arq keeps its own per-job keys outside the namespace, named by job id (`run:{ID}:{attempt}`,
-`task:{ID}:{TID}:{attempt}.{try}`, see `tidings.jobs`): `arq:job:<job id>` (the JSON payload),
-`arq:in-progress:<job id>` and `arq:retry:<job id>`, all short-lived.
+`task:{ID}:{TID}:{attempt}.{try}`, see `tidings.jobs`): `arq:job:<job id>` (the JSON payload) and
+`arq:in-progress:<job id>`, both short-lived. A run's jobs, its tasks' included, go to the queue of
+the run's workflow version (`queue_for`); a worker serves the queues of the versions it loaded.
 """
 
 from __future__ import annotations
@@ -54,12 +58,15 @@ import re
 
 from .errors import NotFound
 
-__all__ = ["SCHEMA_VERSION", "Keys", "check_run_id"]
+__all__ = ["SCHEMA_VERSION", "Keys", "check_run_id", "check_version"]
 
 SCHEMA_VERSION = 2
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CLIENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+# The registry's rules (tidings.sdk.registry): a queue's name holds both, nothing may break out.
+_WORKFLOW = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_VERSION = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
 def check_run_id(run_id: str) -> str:
@@ -69,6 +76,13 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def check_version(version: str) -> str:
+    """A workflow version: 1-32 letters, digits, '.', '_' or '-' (it names a queue)."""
+    if not _VERSION.fullmatch(version):
+        raise ValueError(f"workflow version {version!r}: 1-32 letters, digits, '.', '_' or '-'")
+    return version
+
+
 class Keys:
     """Names for one namespace. Cheap to build; build one per process and pass it around."""
 
@@ -76,7 +90,7 @@ class Keys:
         "active",
         "expiring",
         "ns",
-        "queue",
+        "queue_prefix",
         "runs",
         "runs_channel",
         "schema",
@@ -89,9 +103,37 @@ class Keys:
         self.runs = f"{namespace}:runs"
         self.active = f"{namespace}:active"
         self.expiring = f"{namespace}:expiring"
-        self.queue = f"{namespace}:queue"
+        self.queue_prefix = f"{namespace}:queue:"
         self.runs_channel = f"{namespace}:runs"
         self.wake_channel = f"{namespace}:wake"
+
+    def queue_for(self, workflow: str, version: str) -> str:
+        """The job queue of one workflow version, `<ns>:queue:<workflow>:<version>` (zset in arq's
+        format; schema 1 had one queue). ValueError for a name or version that could break out."""
+        if not _WORKFLOW.fullmatch(workflow):
+            raise ValueError(f"workflow name {workflow!r} cannot name a queue")
+        return f"{self.queue_prefix}{workflow}:{check_version(version)}"
+
+    def queue_pattern(self) -> str:
+        """A SCAN pattern matching every job queue of the namespace."""
+        return f"{self.queue_prefix}*"
+
+    @property
+    def lease_deadlines(self) -> str:
+        """Run id → when its lease lapses (ms, Redis clock), written with every grant and renewal
+        of a run lease; a sweep reads only the entries that fell due (`tidings.services.worker.
+        sweeper` says what each entry means)."""
+        return f"{self.ns}:lease_deadlines"
+
+    @property
+    def workers(self) -> str:
+        """Hash: worker name → when it last (re)connected (ms). Whom CLIENT LIST is asked about."""
+        return f"{self.ns}:workers"
+
+    @property
+    def sweep_lock(self) -> str:
+        """The worker sweeping now: one sweep at a time across the pool (short TTL, renewed)."""
+        return f"{self.ns}:lock:sweep"
 
     def run(self, run_id: str) -> str:
         return f"{self.ns}:run:{{{run_id}}}"

@@ -184,12 +184,17 @@ class _Pruner:
     # -- the queue -----------------------------------------------------------------------------
 
     async def walk_queue(self) -> None:
-        by_run: dict[str, list[str]] = {}
-        async for member, _ in self.redis.zscan_iter(self.keys.queue, count=_PAGE):
-            job_id = member.decode()
-            parts = job_id.split(":")
-            if len(parts) >= 3:  # run:{ID}:{attempt} or task:{ID}:{TID}:{attempt}.{try}
-                by_run.setdefault(parts[1], []).append(job_id)
+        by_run: dict[str, list[tuple[str, str]]] = {}  # run id -> (queue, job id)
+        queues = [
+            key.decode()
+            async for key in self.redis.scan_iter(match=self.keys.queue_pattern(), _type="zset")
+        ]
+        for queue in queues:
+            async for member, _ in self.redis.zscan_iter(queue, count=_PAGE):
+                job_id = member.decode()
+                parts = job_id.split(":")
+                if len(parts) >= 3:  # run:{ID}:{attempt} or task:{ID}:{TID}:{attempt}.{try}
+                    by_run.setdefault(parts[1], []).append((queue, job_id))
         runs = [rid for rid in by_run if rid not in self.gone]
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid in runs:
@@ -198,9 +203,12 @@ class _Pruner:
         self.gone.update(rid for rid, there in zip(runs, present, strict=True) if not there)
         jobs = [job for rid, ids in by_run.items() if rid in self.gone for job in ids]
         self.report.jobs += len(jobs)
-        await self._remove(_job_keys(jobs))
+        await self._remove(_job_keys([job_id for _, job_id in jobs]))
         if jobs and not self.report.dry_run:
-            await self.redis.zrem(self.keys.queue, *jobs)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue, job_id in jobs:
+                    pipe.zrem(queue, job_id)
+                await pipe.execute()
 
     # -- removing ------------------------------------------------------------------------------
 

@@ -225,7 +225,7 @@ async def _scene(redis: Redis, keys: Keys, store: RunStore) -> dict[str, str]:
     await redis.rpush(keys.signals("orphan"), "{}")
     await redis.set(keys.task_lease("orphan", "p1.0"), "w 1.0", px=60_000)
     await redis.zadd(keys.runs, {"stale": now_ms() - DAY_MS})
-    await redis.zadd(keys.queue, {"task:vanished:p1.0:1.0": now_ms()})
+    await redis.zadd(keys.queue_for("t_steps", "1"), {"task:vanished:p1.0:1.0": now_ms()})
     await redis.set("arq:job:task:vanished:p1.0:1.0", "{}", px=60_000)
     return scene
 
@@ -262,7 +262,7 @@ async def test_prune_removes_old_finished_runs_and_leftovers_and_keeps_the_rest(
     for rid in (scene["old"], "stale"):
         for index in (keys.runs, keys.expiring, keys.active):
             assert await redis.zscore(index, rid) is None
-    assert await redis.zcard(keys.queue) == 0
+    assert await redis.zcard(keys.queue_for("t_steps", "1")) == 0
     assert await redis.exists("arq:job:task:vanished:p1.0:1.0") == 0
     # The recent and the active run are whole; the late key now expires with its run.
     recent = await _ttls(redis, keys.run_keys(scene["recent"]))

@@ -139,7 +139,7 @@ async def test_the_gateway_answers_503_storage_full_and_a_running_run_fails_clea
         assert resp.status_code == 503 and resp.json()["error"]["code"] == "storage_full"
         assert await own_redis.zcard(keys.runs) == runs
         assert [k async for k in own_redis.scan_iter(match="arq:job:*")] == jobs
-        assert await own_redis.zcard(keys.queue) == 0
+        assert await own_redis.zcard(keys.queue_for("monty", "1")) == 0
 
         # The run's progress events are refused; it waits 0.5 s, then fails, and says why.
         async def failed() -> bool:

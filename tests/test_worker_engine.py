@@ -212,9 +212,11 @@ async def test_a_run_of_a_workflow_the_worker_does_not_know_fails_cleanly(
     from tidings.jobs import JobQueue
     from tidings.runs import RunStore
 
-    queue = JobQueue(redis, keys)
+    # Routing keeps a ghost's jobs on its own queue, which no worker serves; one that reaches a
+    # worker anyway (a hand-made job, a stale queue) fails its run instead of hanging.
+    queue, served = JobQueue(redis, keys), keys.queue_for("t_steps", "1")
     rec = await RunStore(redis, keys).create(
-        "ghost", {}, also=lambda pipe, rid: queue.enqueue_run_in(pipe, rid, 1)
+        "ghost", {}, also=lambda pipe, rid: queue.enqueue_run_in(pipe, served, rid, 1)
     )
     await workers(1)
     end = await wait_terminal(bus, rec.run_id)

@@ -45,9 +45,10 @@ async def _stranded(redis: Redis, keys: Keys, run_ids: list[str]) -> list[str]:
         for rid in run_ids:
             pipe.hmget(keys.run(rid), ["status", "attempt"])
             pipe.get(keys.lease(rid))
-        pipe.zrange(keys.queue, 0, -1)
-        *replies, queued = await pipe.execute()
-    jobs = {job.decode() for job in queued}
+        for workflow in ("research", "monty"):
+            pipe.zrange(keys.queue_for(workflow, "1"), 0, -1)
+        *replies, research, monty = await pipe.execute()
+    jobs = {job.decode() for job in research + monty}
     out = []
     for i, rid in enumerate(run_ids):
         (status, attempt), lease = replies[2 * i], replies[2 * i + 1]

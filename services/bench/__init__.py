@@ -14,6 +14,7 @@
 |          | a loop, `services/bench/workflows.py`)        | `Bus.publish` round trip each      |
 | dispatch | enqueue → `workflow_started`, p50/p99         | plain arq, default poll (0.5 s)    |
 | recovery | kill -9 of a run's worker → resumed elsewhere | arq's retry (job timeout + 10 s)   |
+| sweep    | idle Redis commands/s: 8 workers, 1,000 runs  | the same before lease deadlines    |
 | breadth  | research breadth 8: 4 workers vs 1            | the same run on 1 worker           |
 
 The fan-out shapes share their parts: `hubs.py` (each server), `crowd.py` (viewers over several

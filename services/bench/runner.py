@@ -38,6 +38,7 @@ def _registry() -> dict[str, Bench]:
     from .fanout_scaling import bench_scaling
     from .publish import bench_publish
     from .recovery import bench_recovery
+    from .sweep_load import bench_sweep
 
     return {
         "fanout": bench_fanout,
@@ -49,6 +50,7 @@ def _registry() -> dict[str, Bench]:
         "publish": bench_publish,
         "dispatch": bench_dispatch,
         "recovery": bench_recovery,
+        "sweep": bench_sweep,
         "breadth": bench_breadth,
     }
 
@@ -63,6 +65,7 @@ BENCHMARKS = (
     "publish",
     "dispatch",
     "recovery",
+    "sweep",
     "breadth",
 )
 

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from tidings import codec
 from tidings.events import EventType
-from tidings.jobs import TASK_JOB, task_job_id
+from tidings.jobs import TASK_JOB, queue_of, task_job_id
 from tidings.sdk import ReplayMismatch, TaskFailed, TaskSpec, registry
 
 from .messages import failed_message, retrying_message
@@ -72,6 +72,7 @@ async def run_parallel(
     # An unknown activity fails the run here, before anything is enqueued.
     adapters = {tid: adapter_for(registry.get_activity(by_id[tid].activity).fn) for tid in ids}
     meter = _Meter(run, span, len(ids))
+    queue = queue_of(keys, run)
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for tid in ids:
@@ -103,6 +104,7 @@ async def run_parallel(
                         tid,
                         run.attempt,
                         0,
+                        queue=queue,
                         client=pipe,
                     )
                 await pipe.execute()
@@ -226,6 +228,7 @@ async def _wait(
                     tid,
                     run.attempt,
                     tries[tid],
+                    queue=queue_of(keys, run),
                 ),
                 what,
             )
@@ -245,6 +248,7 @@ async def _snapshot(run: RunHandle, pending: list[str], tries: dict[str, int]) -
     cannot make a task look lost.
     """
     keys = run.engine.keys
+    queue = queue_of(keys, run)
     async with run.engine.redis.pipeline(transaction=True) as pipe:
         pipe.hmget(keys.steps(run.run_id), [f"task:{t}" for t in pending])
         pipe.hmget(keys.steps(run.run_id), [f"fail:{t}" for t in pending])
@@ -252,8 +256,8 @@ async def _snapshot(run: RunHandle, pending: list[str], tries: dict[str, int]) -
             pipe.exists(keys.task_lease(run.run_id, tid))
             job = task_job_id(run.run_id, tid, run.attempt, tries[tid])
             nxt = task_job_id(run.run_id, tid, run.attempt, tries[tid] + 1)
-            pipe.zscore(keys.queue, job)
-            pipe.zscore(keys.queue, nxt)
+            pipe.zscore(queue, job)
+            pipe.zscore(queue, nxt)
         replies: list[Any] = await pipe.execute()
     return replies
 

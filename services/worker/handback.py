@@ -24,7 +24,7 @@ import logging
 
 from tidings.errors import Fenced, NotFound, RunFinished
 from tidings.events import EventType
-from tidings.jobs import run_job_id
+from tidings.jobs import queue_of, run_job_id
 
 from .context import Engine
 
@@ -54,10 +54,14 @@ async def hand_back_run(engine: Engine, run_id: str) -> None:
     handle = engine.runs.get(run_id)
     if handle is None or handle.abort_reason not in (None, "cancel"):
         return  # fenced, finished or already handed back: nothing of ours to give
-    attempt = handle.attempt
+    attempt, queue = handle.attempt, queue_of(engine.keys, handle)
     try:
         reclaimed = await engine.leases.reclaim(
-            run_id, attempt, run_job_id(run_id, attempt), held_as=engine.leases.run_value(attempt)
+            run_id,
+            attempt,
+            run_job_id(run_id, attempt),
+            queue,
+            held_as=engine.leases.run_value(attempt),
         )
     finally:
         handle.abort("handback")
@@ -66,7 +70,7 @@ async def hand_back_run(engine: Engine, run_id: str) -> None:
     new, _ = reclaimed
     message = f"worker {engine.name} is shutting down: handed back; attempt {new} queued"
     data = {"previous_attempt": attempt, "worker": engine.name, "reason": "shutdown"}
-    await requeue(engine, run_id, new, message, data)
+    await requeue(engine, run_id, new, message, data, queue)
 
 
 async def hand_back_task(engine: Engine, job_id: str) -> None:
@@ -91,14 +95,15 @@ async def hand_back_task(engine: Engine, job_id: str) -> None:
 
 
 async def requeue(
-    engine: Engine, run_id: str, attempt: int, message: str, data: dict[str, object]
+    engine: Engine, run_id: str, attempt: int, message: str, data: dict[str, object], queue: str
 ) -> bool:
-    """After a reclaim: `worker_lost` under the new attempt, then the new attempt's job."""
+    """After a reclaim: `worker_lost` under the new attempt, then the new attempt's job (on the
+    run's `queue`)."""
     try:
         await engine.bus.publish(run_id, EventType.WORKER_LOST, message, attempt=attempt, data=data)
     except _GONE as exc:
         logger.info("run %s not re-enqueued: %s", run_id, exc)
         return False
-    await engine.queue.enqueue_run(run_id, attempt)
+    await engine.queue.enqueue_run(queue, run_id, attempt)
     logger.warning("run %s: %s", run_id, message)
     return True

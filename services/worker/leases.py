@@ -121,22 +121,23 @@ class Leases:
     def task_value(self, attempt: int, try_: int) -> str:
         return f"{self.worker} {attempt}.{try_}"
 
-    async def claim_run(self, run_id: str, attempt: int, job_id: str) -> str:
+    async def claim_run(self, run_id: str, attempt: int, job_id: str, queue: str) -> str:
+        """Take the run's lease for `attempt` and its job off `queue`: 'ok', or why not."""
         reply = await self._claim_run(
-            keys=[self.keys.run(run_id), self.keys.lease(run_id), self.keys.queue],
+            keys=[self.keys.run(run_id), self.keys.lease(run_id), queue],
             args=[attempt, self.run_value(attempt), self.ttl_ms, job_id],
         )
         return _word(reply)
 
     async def claim_task(
-        self, run_id: str, task_id: str, attempt: int, try_: int, job_id: str
+        self, run_id: str, task_id: str, attempt: int, try_: int, job_id: str, queue: str
     ) -> tuple[str, bytes | None]:
         """('ok', spec JSON) when this execution may run the task, else (status, None)."""
         reply = await self._claim_task(
             keys=[
                 self.keys.run(run_id),
                 self.keys.task_lease(run_id, task_id),
-                self.keys.queue,
+                queue,
                 self.keys.steps(run_id),
                 self.keys.tasks(run_id),
             ],
@@ -165,20 +166,27 @@ class Leases:
         return self._release(keys=[key], args=[value], client=client)
 
     async def reclaim(
-        self, run_id: str, attempt: int, job_id: str, *, held_as: str | None = None
+        self, run_id: str, attempt: int, job_id: str, queue: str, *, held_as: str | None = None
     ) -> tuple[int, str] | None:
-        """Bump the run's attempt if its lease expired (or, with `held_as`, if the lease still
-        holds exactly that value): returns the new attempt and the previous holder's name, or
-        None if the run is not to be moved."""
-        reply = await self.reclaim_in(None, run_id, attempt, job_id, held_as=held_as)
+        """Bump the run's attempt if its lease expired and its job is not on `queue` (or, with
+        `held_as`, if the lease still holds exactly that value): returns the new attempt and the
+        previous holder's name, or None if the run is not to be moved."""
+        reply = await self.reclaim_in(None, run_id, attempt, job_id, queue, held_as=held_as)
         return self.reclaimed(reply)
 
     def reclaim_in(
-        self, pipe: Any, run_id: str, attempt: int, job_id: str, *, held_as: str | None = None
+        self,
+        pipe: Any,
+        run_id: str,
+        attempt: int,
+        job_id: str,
+        queue: str,
+        *,
+        held_as: str | None = None,
     ) -> Any:
         """`reclaim` queued into `pipe` (awaitable when `pipe` is None); see `reclaimed`."""
         return self._reclaim(
-            keys=[self.keys.run(run_id), self.keys.lease(run_id), self.keys.queue],
+            keys=[self.keys.run(run_id), self.keys.lease(run_id), queue],
             args=[
                 attempt,
                 "lost" if held_as is None else "held",

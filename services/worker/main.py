@@ -1,4 +1,7 @@
-"""One worker process: the arq worker plus the doorbell, lease and sweep loops.
+"""One worker process: the dispatcher plus the doorbell, lease and sweep loops.
+
+It serves the queues of the workflow versions it loaded (`loading.served_pairs`), where runs of
+those versions are routed (`tidings.jobs.queue_of`).
 
 Shutdown on SIGTERM/SIGINT: stop taking jobs, hand every held run and task back to the pool at
 once (no waiting for leases to expire, see `handback`), let each job end on its own, close, log
@@ -13,22 +16,23 @@ import logging
 import signal
 from collections.abc import Sequence
 
-from arq.connections import ArqRedis
-
 from tidings.catalog import CatalogWriter
-from tidings.jobs import dumps_job, loads_job
+from tidings.jobs import RUN_JOB, TASK_JOB
 from tidings.redis import connect
 from tidings.runs import ensure_schema
 from tidings.sdk import registry
 from tidings.settings import Settings
 
 from .context import Engine, worker_name
-from .dispatch import TidingsWorker, listen_doorbell
+from .dispatch import Dispatcher, JobFunction
+from .doorbell import listen_doorbell
 from .handback import hand_back
 from .heartbeat import keep_leases
 from .liveness import client_name
-from .loading import TEST_WORKFLOWS_ENV, keep_catalog, load_workflows
+from .loading import TEST_WORKFLOWS_ENV, keep_catalog, load_workflows, served_pairs
+from .runner import execute_run_job
 from .sweeper import sweep
+from .tasks import execute_task_job
 
 __all__ = ["TEST_WORKFLOWS_ENV", "run_worker", "serve"]
 
@@ -43,8 +47,6 @@ _CLOSE_TIMEOUT_S = 1.0
 def run_worker(settings: Settings, workflows: Sequence[str] | None = None) -> None:
     """Load the workflow modules (`loading`: `workflows` overrides TIDINGS_WORKFLOWS; LoadError),
     then run one worker until SIGTERM/SIGINT (what `tidings worker` calls)."""
-    if settings.log_level != "debug":
-        logging.getLogger("arq").setLevel(logging.WARNING)  # arq logs a line per job otherwise
     load_workflows(settings, workflows)
     asyncio.run(serve(settings))
 
@@ -64,13 +66,9 @@ async def serve(
     redis = connect(settings.redis_url, client_name=client_name(name))
     engine = Engine.build(settings, redis, name)
     await ensure_schema(redis, engine.keys)
-    pool = ArqRedis(
-        pool_or_conn=redis.connection_pool,
-        job_serializer=dumps_job,
-        job_deserializer=loads_job,
-        default_queue_name=engine.keys.queue,
-    )
-    worker = TidingsWorker(engine, pool)
+    queues = [engine.keys.queue_for(wf, version) for wf, version in served_pairs()]
+    functions: dict[str, JobFunction] = {RUN_JOB: execute_run_job, TASK_JOB: execute_task_job}
+    dispatcher = Dispatcher(engine, queues, functions)
     stopping = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
@@ -80,12 +78,11 @@ async def serve(
     catalog = CatalogWriter(redis, engine.keys, engine.name, registry.workflows.values())
     await catalog.publish()
     engine.spawn(keep_catalog(catalog), name="catalog")
-    engine.spawn(listen_doorbell(engine, worker), name="doorbell")
+    engine.spawn(listen_doorbell(engine, dispatcher), name="doorbell")
     engine.spawn(keep_leases(engine), name="leases")
     engine.spawn(sweep(engine), name="sweeper")
-    polling = asyncio.create_task(worker.main(), name="arq-poll")
-    worker.main_task = polling
-    logger.info("worker %s serving queue %s", engine.name, engine.keys.queue)
+    polling = asyncio.create_task(dispatcher.run(), name="dispatch")
+    logger.info("worker %s serving queue %s", engine.name, ", ".join(queues))
     signalled = asyncio.create_task(stopping.wait(), name="stop-signal")
     try:
         done, _ = await asyncio.wait([polling, signalled], return_when=asyncio.FIRST_COMPLETED)
@@ -97,18 +94,18 @@ async def serve(
             await asyncio.wait_for(catalog.withdraw(), _CLOSE_TIMEOUT_S)
         except Exception as exc:  # Redis away: the entries lapse on their own
             logger.info("catalog entries not withdrawn: %s", exc)
-        await _shutdown(engine, worker, polling)
+        await _shutdown(engine, dispatcher, polling)
         await redis.aclose()
 
 
-async def _shutdown(engine: Engine, worker: TidingsWorker, polling: asyncio.Task[None]) -> None:
+async def _shutdown(engine: Engine, dispatcher: Dispatcher, polling: asyncio.Task[None]) -> None:
     """Hand back, let every job end on its own, close. Nothing is cancelled half way unless the
     bound runs out (Redis unreachable, say): a job cancelled mid-claim or mid-release would leave
-    its run to the sweepers, and arq logs every cancelled job as failed."""
+    its run to the sweepers."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + _STOP_TIMEOUT_S
     engine.closing = True  # from here on, a run or task claimed hands itself back (`handback`)
-    worker.allow_pick_jobs = False
+    dispatcher.picking = False
     if engine.runs or engine.tasks:
         logger.info("handing back %d runs and %d tasks", len(engine.runs), len(engine.tasks))
         try:
@@ -120,24 +117,20 @@ async def _shutdown(engine: Engine, worker: TidingsWorker, polling: asyncio.Task
                 logger.warning("%d hand-backs failed; the sweepers will recover them", failed)
     # Claims in flight finish (a job won now hands itself back), then the poll loop can go.
     try:
-        await asyncio.wait_for(worker.stop_picking(), max(0.1, deadline - loop.time()))
+        await asyncio.wait_for(dispatcher.stop_picking(), max(0.1, deadline - loop.time()))
     except TimeoutError:
-        logger.warning("a job claim did not finish; its job waits for arq's in-progress marker")
+        logger.warning("a job claim did not finish; its job waits for its in-progress marker")
     polling.cancel("worker stopping")
-    await _wait_jobs(worker, deadline)
+    await _wait_jobs(dispatcher, deadline)
     await engine.close(_CLOSE_TIMEOUT_S)
-    try:
-        await worker.pool.delete(worker.health_check_key)
-    except Exception:
-        logger.debug("could not delete the health-check key", exc_info=True)
     logger.info("worker %s stopped", engine.name)
 
 
-async def _wait_jobs(worker: TidingsWorker, deadline: float) -> None:
+async def _wait_jobs(dispatcher: Dispatcher, deadline: float) -> None:
     """Wait for the job tasks to end (a handed-back one ends at its next await); cancel what is
     still running at `deadline`."""
     loop = asyncio.get_running_loop()
-    while running := [task for task in worker.tasks.values() if not task.done()]:
+    while running := [task for task in dispatcher.jobs.values() if not task.done()]:
         remaining = deadline - loop.time()
         if remaining <= 0:
             logger.warning("%d jobs still running; cancelling them", len(running))

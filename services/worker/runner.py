@@ -11,7 +11,7 @@ connection error still reach this level (a workflow's own call to Redis, say), t
 to its lease and re-executed from its checkpoints.
 
 Versions: a run is executed only by a worker that registered the version recorded on the run
-for its workflow. Jobs are routed by version (per-version queues), so a worker should never meet
+for its workflow. Jobs are routed by version (`Keys.queue_for`), so a worker should never meet
 another version's run; if it does (a stale queue, a hand-made job), it does not replay the run
 against other code: it logs an error and hands the run back, with the job deferred by
 `_VERSION_DEFER_MS`, so a worker serving that version takes it (`worker_lost`, reason `version`).
@@ -66,7 +66,7 @@ _VERSION_DEFER_MS = 5_000
 async def execute_run_job(ctx: dict[str, Any], run_id: str, attempt: int) -> None:
     engine: Engine = ctx["engine"]
     job_id = run_job_id(run_id, attempt)
-    status = await engine.leases.claim_run(run_id, attempt, job_id)
+    status = await engine.leases.claim_run(run_id, attempt, job_id, ctx["queue"])
     if status != "ok":
         logger.info("run job %s not run: %s", job_id, status)
         return
@@ -181,8 +181,9 @@ async def _serves_version(handle: RunHandle) -> bool:
         definition.version,
     )
     job_id, held = run_job_id(run_id, attempt), engine.leases.run_value(attempt)
+    served = engine.keys.queue_for(handle.workflow, definition.version)  # where it was found
     try:
-        reclaimed = await engine.leases.reclaim(run_id, attempt, job_id, held_as=held)
+        reclaimed = await engine.leases.reclaim(run_id, attempt, job_id, served, held_as=held)
     finally:
         handle.abort("handback")
     if reclaimed is None:
@@ -203,6 +204,7 @@ async def _serves_version(handle: RunHandle) -> bool:
         run_job_id(run_id, new),
         run_id,
         new,
+        queue=engine.keys.queue_for(handle.workflow, handle.version),
         defer_ms=_VERSION_DEFER_MS,
     )
     return False

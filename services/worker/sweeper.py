@@ -34,7 +34,7 @@ import asyncio
 import logging
 import time
 
-from tidings.jobs import run_job_id
+from tidings.jobs import DEFAULT_VERSION, run_job_id
 
 from .context import Engine
 from .handback import requeue
@@ -118,19 +118,27 @@ class Sweeper:
         if not orphans:
             return 0
         async with engine.redis.pipeline(transaction=False) as pipe:
-            for rid, attempt, value, _ in orphans:
+            for rid, _, _, _ in orphans:
+                pipe.hmget(keys.run(rid), ["workflow", "version"])
+            routes = await pipe.execute()
+        queues = [
+            keys.queue_for(wf.decode(), (v or DEFAULT_VERSION.encode()).decode()) if wf else ""
+            for wf, v in routes
+        ]
+        async with engine.redis.pipeline(transaction=False) as pipe:
+            for (rid, attempt, value, _), queue in zip(orphans, queues, strict=True):
                 job_id = run_job_id(rid, attempt)
-                await engine.leases.reclaim_in(pipe, rid, attempt, job_id, held_as=value)
+                await engine.leases.reclaim_in(pipe, rid, attempt, job_id, queue, held_as=value)
             outcomes = await pipe.execute()
         recovered = 0
-        for (rid, attempt, _, why), outcome in zip(orphans, outcomes, strict=True):
+        for (rid, attempt, _, why), outcome, queue in zip(orphans, outcomes, queues, strict=True):
             reclaimed = engine.leases.reclaimed(outcome)
             if reclaimed is not None:
                 self._unleased_since.pop(rid, None)
                 new, previous = reclaimed
                 message = f"worker {previous or '?'} lost; attempt {new} queued"
                 data = {"previous_attempt": attempt, "worker": previous, "reason": why}
-                if await requeue(engine, rid, new, message, data):
+                if await requeue(engine, rid, new, message, data, queue):
                     recovered += 1
         return recovered
 

@@ -67,6 +67,7 @@ class TaskExecution(EngineViews):
         self.attempt = attempt
         self.try_ = try_
         self.spec = spec
+        self.queue = ""  # the run's queue, where its next try goes (set by `execute_task_job`)
         self.name = str(spec.get("name") or spec["activity"])
         self.publisher = Publisher(engine.bus, run_id, attempt, on_error=self._publish_failed)
         self.abort_reason: str | None = None
@@ -246,6 +247,7 @@ class TaskExecution(EngineViews):
             self.task_id,
             self.attempt,
             self.try_ + 1,
+            queue=self.queue,
             defer_ms=defer_ms,
         )
 
@@ -256,11 +258,13 @@ async def execute_task_job(
     """The arq job function for one try of one task."""
     engine: Engine = ctx["engine"]
     job_id = task_job_id(run_id, task_id, attempt, try_)
-    status, spec = await engine.leases.claim_task(run_id, task_id, attempt, try_, job_id)
+    queue = ctx["queue"]
+    status, spec = await engine.leases.claim_task(run_id, task_id, attempt, try_, job_id, queue)
     if status != "ok" or spec is None:
         logger.debug("task job %s not run: %s", job_id, status)
         return
     execution = TaskExecution(engine, run_id, task_id, attempt, try_, codec.loads(spec))
+    execution.queue = queue
     engine.tasks[job_id] = execution
     handed_back = False
     try:
