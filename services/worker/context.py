@@ -112,6 +112,11 @@ class EngineViews:
         return self.engine.llm
 
     @property
+    def model(self) -> LLM:
+        """`Run.model` / `TaskContext.model`."""
+        return self.engine.llm
+
+    @property
     def control(self) -> Control:
         return self.engine.control
 

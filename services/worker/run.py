@@ -53,10 +53,12 @@ from tidings import codec
 from tidings.errors import Fenced, RunFinished
 from tidings.events import LIFECYCLE_STATUS, EventType
 from tidings.sdk import ReplayMismatch, Run, RunInfo, Signal, TaskSpec, registry
+from tidings.sdk.model import Message, Tool, ToolResult
 from tidings.sdk.protocols import check_retries, check_timeout
 from tidings.sdk.registry import ActivityDef
 
 from .context import EngineViews
+from .conversation import publish_conversation
 from .fanout import run_parallel
 from .outage import until_redis
 from .publisher import Publisher
@@ -313,6 +315,27 @@ class RunHandle(EngineViews):
                 return None
             await self.signals.changed(remaining)
             self._raise_if_cancelled()
+
+    def converse(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Tool] = (),
+        *,
+        task: str = "llm",
+        max_rounds: int = 4,
+        max_tokens: int = 400,
+        data: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str | ToolResult]:
+        return publish_conversation(
+            self.llm,
+            self.publisher,
+            messages,
+            tools,
+            task=task,
+            max_rounds=max_rounds,
+            max_tokens=max_tokens,
+            data=data,
+        )
 
     def stream_llm(
         self, prompt: str, *, task: str = "llm", system: str | None = None, max_tokens: int = 400

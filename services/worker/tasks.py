@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -30,8 +30,10 @@ from tidings.errors import Fenced, RunFinished
 from tidings.events import EventType
 from tidings.jobs import TASK_JOB, task_job_id
 from tidings.sdk import RunInfo, StepTimeout, TaskContext, registry
+from tidings.sdk.model import Message, Tool, ToolResult
 
 from .context import EngineViews
+from .conversation import publish_conversation
 from .handback import hand_back_task
 from .messages import (
     completed_message,
@@ -115,6 +117,27 @@ class TaskExecution(EngineViews):
     async def emit(self, type: EventType, message: str = "", **data: Any) -> None:
         await self.publisher.send(
             type, message, task=self.name, task_id=self.task_id, data=data or None
+        )
+
+    def converse(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Tool] = (),
+        *,
+        max_rounds: int = 4,
+        max_tokens: int = 400,
+        data: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str | ToolResult]:
+        return publish_conversation(
+            self.llm,
+            self.publisher,
+            messages,
+            tools,
+            task=self.name,
+            task_id=self.task_id,
+            max_rounds=max_rounds,
+            max_tokens=max_tokens,
+            data=data,
         )
 
     def stream_llm(

@@ -1,21 +1,25 @@
 """`chat`: a long-lived conversation. Each user message is a `message` signal; replies stream.
 
 A message is `{"text": "...", "ref": "optional client reference"}`; an optional first message may
-come in the input. For each message the agent either runs a tool (see `chat_tools`: start, list,
-stop or inspect runs, calculate, tell the time) and answers with its result, or streams a model
-reply with `run.stream_llm`. Tool calls are published as `log` events with data
-`{"tool", "args", "ok", "result"}`; the reply's text arrives as `token` events of task `reply`.
+come in the input. Each message goes to the model with the agent's tools (`chat_tools`: start,
+list, stop or inspect runs, calculate, tell the time) through `run.converse`: the model chooses a
+tool (or several, or none), the tools run, their results go back to it, and its answer streams as
+`token` events of task `reply`. With the OpenAI-compatible provider that is the API's own tool
+calling; the simulated model calls a tool exactly when the intent parser recognises a command and
+then answers with the tool's text (labelled `tool`, not simulated). Every tool call is published
+as a `log` event of task `tool` with data `{"tool", "args", "ok", "result"}`.
 
 `run.state["messages"]` holds the conversation, the latest 400 messages: `role`, `content`, `ts`,
 `id` (the signal's id, unique), on user messages the client's `ref` and on replies `reply_to`
-(that `ref`) and `tool` (when one ran). It is what the history route returns and what
-`POST /chat` waits on. Each turn is checkpointed under a step named after its message id, so a
-run re-executed after a crash (which sees its signal history again) neither repeats a tool's side
-effect nor answers twice.
+(that `ref`) and `tool` (the last tool that ran, if any). It is what the history route returns and
+what `POST /chat` waits on. Each turn is checkpointed under a step named after its message id, so
+a run re-executed after a crash (which sees its signal history again) neither repeats a tool's
+side effect nor answers twice.
 
 A model failure during a reply is reported in the reply and as a `log` event; the conversation
-goes on. The run ends on `stop` (after the current turn) or after `idle_timeout_s` without a
-message: it then completes, after a `log` event with data `{"reason": "idle"}` that says so.
+goes on, and a command the intent parser recognises still runs (tools need no model). The run
+ends on `stop` (after the current turn) or after `idle_timeout_s` without a message: it then
+completes, after a `log` event with data `{"reason": "idle"}` that says so.
 `POST /chat` starts chats with the gateway's `TIDINGS_CHAT_IDLE_S`.
 """
 
@@ -27,10 +31,10 @@ from pydantic import BaseModel, Field
 
 from tidings.events import EventType, now_iso
 from tidings.sdk import Run, workflow
-from tidings.services.worker.llm import LLMError
+from tidings.sdk.model import Message, ModelError, ToolResult, run_tool
 
 from ._runtime import model_info
-from .chat_tools import parse_intent, run_tool
+from .chat_tools import chat_tools, parse_intent
 
 __all__ = ["ChatInput", "chat"]
 
@@ -104,42 +108,42 @@ async def _turn(
     history = messages[-_HISTORY_TURNS - 1 : -1]
 
     async def reply() -> dict[str, Any]:
-        call = parse_intent(text)
-        if call is not None:
-            result = await run_tool(run, call)
-            await run.emit(
-                EventType.LOG,
-                f"tool {call.name}: {result['text']}",
-                task="tool",
-                data={
-                    "tool": call.name,
-                    "args": call.args,
-                    "ok": result["ok"],
-                    "result": result["data"],
-                },
-            )
-            content = result["text"] if result["ok"] else f"That did not work: {result['text']}"
-            # The tool's answer is exact; it is sent as one token so viewers render it like any
-            # other reply, marked as not written by a (simulated) model.
-            await run.emit(
-                EventType.TOKEN,
-                task="reply",
-                data={"text": content, "ref": ref, "tool": call.name, "simulated": False},
-            )
-            return {"content": content, "tool": call.name}
-        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in history)
-        system = (input.system or _SYSTEM) + (
-            f"\n\nConversation so far:\n{transcript}" if transcript else ""
-        )
+        tools = chat_tools(run)
+        conversation = [
+            Message("system", input.system or _SYSTEM),
+            *(
+                Message("user" if m["role"] == "user" else "assistant", m["content"])
+                for m in history
+            ),
+            Message("user", text),
+        ]
         parts: list[str] = []
+        used: list[ToolResult] = []
         try:
-            async for delta in run.stream_llm(text, task="reply", system=system):
-                parts.append(delta)
-        except LLMError as exc:
+            async for item in run.converse(conversation, tools, task="reply", data={"ref": ref}):
+                if isinstance(item, ToolResult):
+                    used.append(item)
+                    await _log_tool(run, item)
+                else:
+                    parts.append(item)
+        except ModelError as exc:
             # A model outage ends this reply, not the conversation.
             await run.emit(EventType.LOG, f"model error: {exc}", task="reply")
-            parts.append(f" [the model failed: {exc}]")
-        return {"content": "".join(parts).strip(), "tool": None}
+            call = None if used else parse_intent(text)
+            if call is None:
+                parts.append(f" [the model failed: {exc}]")
+            else:  # an unambiguous command needs no model
+                result = await run_tool(tools, call)
+                used.append(result)
+                await _log_tool(run, result)
+                content = result.text if result.ok else f"That did not work: {result.text}"
+                await run.emit(
+                    EventType.TOKEN,
+                    task="reply",
+                    data={"text": content, "ref": ref, "tool": call.name, "simulated": False},
+                )
+                parts = [content]
+        return {"content": "".join(parts).strip(), "tool": used[-1].call.name if used else None}
 
     answer = await run.step(f"turn-{key}", reply)
     messages = list(run.state["messages"])
@@ -159,4 +163,14 @@ async def _turn(
         messages=messages[-_KEEP_MESSAGES:],
         turns=int(run.state.get("turns", 0)) + 1,
         status="waiting",
+    )
+
+
+async def _log_tool(run: Run, result: ToolResult) -> None:
+    call = result.call
+    await run.emit(
+        EventType.LOG,
+        f"tool {call.name}: {result.text}",
+        task="tool",
+        data={"tool": call.name, "args": call.arguments, "ok": result.ok, "result": result.data},
     )

@@ -1,28 +1,33 @@
-"""The chat agent's tools and the plain intent parser that picks one.
+"""The chat agent's tools, offered to the model, and the plain intent parser.
 
 Tools have real effects: `start_run`, `list_runs`, `signal_run` and `run_status` go through
-`tidings.control.Control` (the same code path as the HTTP API, so validation, events and errors
-are identical); `calculate` is the AST-walking calculator; `clock` reads the system clock.
+`run.runs` (the same code path as the HTTP API, so validation, events and errors are identical);
+`calculate` is the AST-walking calculator; `clock` reads the system clock. `chat_tools(run)` gives
+them as `tidings.sdk.model.Tool`s: a JSON schema each, which a real model chooses by (its
+arguments are checked against it before a handler runs), and a handler that returns
+`(text, data)`, `text` being what the user reads.
 
 Intent parsing is a handful of anchored regular expressions, not a model: a tool with side effects
 runs only on an unambiguous request ("start monty", "list running runs", "stop <run id>",
-"stop monty", "calculate 2*(3+4)", "what time is it"). Anything else is conversation.
+"stop monty", "calculate 2*(3+4)", "what time is it"). Anything else is conversation. It is each
+tool's `match`, so the simulated model (which cannot choose) calls tools exactly when it says, and
+the chat falls back on it when a real model is unreachable.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tidings.errors import NotFound, TidingsError
+from tidings.errors import NotFound
 from tidings.events import RunStatus
 from tidings.sdk import Run, Runs
+from tidings.sdk.model import Tool, ToolCall
 
-from .calculator import NAMES, CalculatorError, calculate, format_number
+from .calculator import NAMES, calculate, format_number
 
-__all__ = ["ToolCall", "parse_intent", "run_tool"]
+__all__ = ["ToolCall", "chat_tools", "parse_intent"]
 
 _ID = r"[A-Za-z0-9_-]{1,64}"
 _WORKFLOWS = r"monty|research|prompt_chain|chat"
@@ -64,12 +69,6 @@ _HELP_TEXT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
-
-
 def parse_intent(text: str) -> ToolCall | None:
     """The tool a message asks for, or None for plain conversation."""
     text = " ".join(text.split())
@@ -99,19 +98,88 @@ def parse_intent(text: str) -> ToolCall | None:
     return None
 
 
-async def run_tool(run: Run, call: ToolCall) -> dict[str, Any]:
-    """Execute `call`; `{"tool", "ok", "text", "data"}` where `text` is what the user reads."""
-    try:
-        text, data = await _dispatch(run, call)
-        return {"tool": call.name, "args": call.args, "ok": True, "text": text, "data": data}
-    except (TidingsError, CalculatorError) as exc:
-        return {"tool": call.name, "args": call.args, "ok": False, "text": str(exc), "data": None}
+_NAMES = _WORKFLOWS.split("|")
+_STATUSES = ["running", "queued", "paused", "completed", "failed", "cancelled"]
+_TARGET = {
+    "type": "string",
+    "pattern": f"^{_ID}$",
+    "description": "A run ID, or a workflow name for its newest unfinished run.",
+}
+
+
+def _schema(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+# name -> (description, JSON schema of its arguments)
+_SPECS: dict[str, tuple[str, dict[str, Any]]] = {
+    "start_run": (
+        "Start a new run of a workflow. research and prompt_chain take a topic.",
+        _schema(
+            {
+                "workflow": {"type": "string", "enum": _NAMES},
+                "topic": {"type": "string", "minLength": 1, "maxLength": 500},
+            },
+            "workflow",
+        ),
+    ),
+    "list_runs": (
+        "List the newest runs (up to 10), optionally of one workflow and status.",
+        _schema(
+            {
+                "workflow": {"type": "string", "enum": _NAMES},
+                "status": {"type": "string", "enum": _STATUSES},
+            }
+        ),
+    ),
+    "signal_run": (
+        "Stop, cancel, pause or resume a run.",
+        _schema(
+            {
+                "signal": {"type": "string", "enum": ["stop", "cancel", "pause", "resume"]},
+                "target": _TARGET,
+            },
+            "signal",
+            "target",
+        ),
+    ),
+    "run_status": ("Show one run's status and progress.", _schema({"target": _TARGET}, "target")),
+    "calculate": (
+        "Evaluate an arithmetic expression exactly (+ - * / // % ^, sqrt, log, sin, pi...).",
+        _schema({"expression": {"type": "string", "minLength": 1, "maxLength": 200}}, "expression"),
+    ),
+    "clock": ("The current date and time (UTC).", _schema({})),
+    "help": ("What this assistant can do.", _schema({})),
+}
+
+
+def chat_tools(run: Run) -> list[Tool]:
+    """The tools, bound to `run`, in the order the intent parser tries them."""
+
+    def tool(name: str) -> Tool:
+        description, parameters = _SPECS[name]
+
+        async def handler(arguments: dict[str, Any]) -> tuple[str, Any]:
+            return await _dispatch(run, ToolCall(name, arguments))
+
+        def match(text: str) -> dict[str, Any] | None:
+            call = parse_intent(text)
+            return call.arguments if call is not None and call.name == name else None
+
+        return Tool(name, description, parameters, handler=handler, match=match)
+
+    return [tool(name) for name in _SPECS]
 
 
 async def _dispatch(run: Run, call: ToolCall) -> tuple[str, Any]:
     if call.name == "calculate":
-        value = calculate(call.args["expression"])
-        return f"{call.args['expression']} = {format_number(value)}", {"value": value}
+        value = calculate(call.arguments["expression"])
+        return f"{call.arguments['expression']} = {format_number(value)}", {"value": value}
     if call.name == "clock":
         now = datetime.now(UTC)
         stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -120,12 +188,12 @@ async def _dispatch(run: Run, call: ToolCall) -> tuple[str, Any]:
         return _HELP_TEXT, None
     control = run.runs
     if call.name == "start_run":
-        workflow = call.args["workflow"]
+        workflow = call.arguments["workflow"]
         input: dict[str, Any] = {}
         if workflow == "research":
-            input = {"topic": call.args.get("topic") or "recent advances in the field"}
+            input = {"topic": call.arguments.get("topic") or "recent advances in the field"}
         elif workflow == "prompt_chain":
-            prompt = call.args.get("topic") or "Say hello."
+            prompt = call.arguments.get("topic") or "Say hello."
             input = {"tasks": [{"name": "answer", "prompt": prompt}]}
         record = await control.start(workflow, input)
         return f"Started {workflow} run {record.run_id}.", {
@@ -133,9 +201,9 @@ async def _dispatch(run: Run, call: ToolCall) -> tuple[str, Any]:
             "workflow": workflow,
         }
     if call.name == "list_runs":
-        status = RunStatus(call.args["status"]) if "status" in call.args else None
+        status = RunStatus(call.arguments["status"]) if "status" in call.arguments else None
         runs, _ = await control.list_runs(
-            workflow=call.args.get("workflow"), status=status, limit=10
+            workflow=call.arguments.get("workflow"), status=status, limit=10
         )
         runs = [r for r in runs if r.run_id != run.run_id]
         if not runs:
@@ -144,12 +212,12 @@ async def _dispatch(run: Run, call: ToolCall) -> tuple[str, Any]:
         rows = [{"run_id": r.run_id, "workflow": r.workflow, "status": str(r.status)} for r in runs]
         return f"{len(runs)} run(s):\n" + "\n".join(lines), {"runs": rows}
     if call.name in ("signal_run", "run_status"):
-        target = await _resolve(run, control, call.args["target"])
+        target = await _resolve(run, control, call.arguments["target"])
         if call.name == "run_status":
             rec = await control.get(target)
             text = f"Run {target} ({rec.workflow}) is {rec.status!s} at {rec.progress:.0f}%."
             return text, {"run_id": target, "status": str(rec.status)}
-        signal = call.args["signal"]
+        signal = call.arguments["signal"]
         await control.signal(target, signal)
         return f"Sent {signal} to run {target}.", {"run_id": target, "signal": signal}
     raise AssertionError(f"unknown tool {call.name!r}")

@@ -25,6 +25,8 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, over
 
 from tidings.events import EventType
 
+from .model import Message, Model, Tool, ToolResult
+
 __all__ = ["Run", "RunInfo", "RunView", "Runs", "Signal", "TaskContext", "TaskSpec"]
 
 T = TypeVar("T")
@@ -159,6 +161,23 @@ class TaskContext(Protocol):
         this task's share of the span (see `Run.parallel`)."""
 
     async def emit(self, type: EventType, message: str = "", **data: Any) -> None: ...
+
+    @property
+    def model(self) -> Model:
+        """The configured model (`name`, `simulated`): what `stream_llm` and `converse` use."""
+        ...
+
+    def converse(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Tool] = (),
+        *,
+        max_rounds: int = 4,
+        max_tokens: int = 400,
+        data: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str | ToolResult]:
+        """`Run.converse`, its tokens published as this task's."""
+        ...
 
     def stream_llm(
         self, prompt: str, *, system: str | None = None, max_tokens: int = 400
@@ -313,6 +332,27 @@ class Run(Protocol):
 
     async def next_message(self, timeout: float | None = None) -> Signal | None:
         """The next `message` signal (chat), or None on timeout or when stop is requested."""
+        ...
+
+    @property
+    def model(self) -> Model:
+        """The configured model (`name`, `simulated`): what `stream_llm` and `converse` use."""
+        ...
+
+    def converse(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Tool] = (),
+        *,
+        task: str = "llm",
+        max_rounds: int = 4,
+        max_tokens: int = 400,
+        data: dict[str, Any] | None = None,
+    ) -> AsyncIterator[str | ToolResult]:
+        """Ask the model with `tools` it may call (`tidings.sdk.model.converse`): the tools it
+        chooses run, their results go back to it, until it answers in text (at most
+        `max_rounds` model calls). Yields text deltas, published as coalesced `token` events of
+        `task` (with `data` added), and each `ToolResult`. Raises `ModelError`."""
         ...
 
     def stream_llm(
