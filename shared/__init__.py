@@ -10,42 +10,7 @@ the SSE codec. None of them imports `tidings.services`.
 
 from __future__ import annotations
 
-from .sdk import (
-    ActivityDef,
-    Registry,
-    ReplayMismatch,
-    Run,
-    RunInfo,
-    Runs,
-    RunView,
-    Signal,
-    StepTimeout,
-    TaskContext,
-    TaskFailed,
-    TaskSpec,
-    WorkflowDef,
-    WorkflowError,
-    activity,
-    registry,
-    workflow,
-)
+from . import sdk
+from .sdk import *  # noqa: F403  (the SDK is this package's public face)
 
-__all__ = [
-    "ActivityDef",
-    "Registry",
-    "ReplayMismatch",
-    "Run",
-    "RunInfo",
-    "RunView",
-    "Runs",
-    "Signal",
-    "StepTimeout",
-    "TaskContext",
-    "TaskFailed",
-    "TaskSpec",
-    "WorkflowDef",
-    "WorkflowError",
-    "activity",
-    "registry",
-    "workflow",
-]
+__all__ = sdk.__all__

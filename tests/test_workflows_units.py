@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from tidings.bus import Bus
+from tidings.catalog import RegistryWorkflows
 from tidings.control import Control
 from tidings.errors import InvalidInput
 from tidings.keys import Keys
@@ -69,10 +70,12 @@ def test_chain_rejects_bad_names_and_empty_chains() -> None:
         _chain(("has space", "p", []))
 
 
-async def test_control_turns_a_cyclic_chain_into_invalid_input(
+async def test_control_with_the_code_loaded_turns_a_cyclic_chain_into_invalid_input(
     redis: Redis, keys: Keys, settings: Settings
 ) -> None:
-    control = Control(redis, keys, Bus(redis, keys), settings)
+    # Where the workflows' code is loaded, their models validate (what a schema cannot say
+    # included); the gateway has only the catalog's schemas and the worker fails such a run.
+    control = Control(redis, keys, Bus(redis, keys), settings, RegistryWorkflows(registry))
     bad = {"tasks": [{"name": "a", "prompt": "{b}"}, {"name": "b", "prompt": "{a}"}]}
     with pytest.raises(InvalidInput) as caught:
         await control.start("prompt_chain", bad)

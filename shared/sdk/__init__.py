@@ -10,11 +10,15 @@ reverse. `tests/test_layers.py` holds both directions.
 from __future__ import annotations
 
 from .errors import ReplayMismatch, StepTimeout, TaskFailed, WorkflowError
+from .model import Message, Model, ModelError, Tool, ToolCall, ToolError, ToolResult
 from .protocols import Run, RunInfo, Runs, RunView, Signal, TaskContext, TaskSpec
 from .registry import ActivityDef, Registry, WorkflowDef, activity, registry, workflow
 
 __all__ = [
     "ActivityDef",
+    "Message",
+    "Model",
+    "ModelError",
     "Registry",
     "ReplayMismatch",
     "Run",
@@ -26,6 +30,10 @@ __all__ = [
     "TaskContext",
     "TaskFailed",
     "TaskSpec",
+    "Tool",
+    "ToolCall",
+    "ToolError",
+    "ToolResult",
     "WorkflowDef",
     "WorkflowError",
     "activity",
