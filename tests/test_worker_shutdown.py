@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 import tests.workflows_for_tests  # noqa: F401
+import tidings.services.workflows  # noqa: F401  (research and monty, started from here)
 from tests.engine_helpers import (
     TEST_WORKFLOWS,
     all_events,

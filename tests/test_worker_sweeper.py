@@ -11,6 +11,7 @@ from tidings.events import EventType, RunStatus
 from tidings.keys import Keys
 from tidings.runs import RunStore
 from tidings.services.worker.context import Engine
+from tidings.services.worker.leases import Leases
 from tidings.services.worker.sweeper import Sweeper
 from tidings.settings import Settings
 
@@ -47,10 +48,13 @@ async def test_a_missing_lease_is_given_a_full_ttl_to_come_back_before_the_run_i
     engine = Engine.build(settings, redis, name="sweeper-test")
     sweeper = Sweeper(engine, grace_s=0.5)
     assert await sweeper.sweep_pass() == 0  # first seen without a lease: not lost yet
-    await redis.set(keys.lease(renewed), "w-back 1", px=60_000)  # its owner renews it
+    owner = Leases(redis, keys, "w-back", ttl_ms=60_000)
+    assert await owner.refresh_run(None, renewed, 1) == b"ok"  # its owner renews it
     await asyncio.sleep(0.3)
     assert await sweeper.sweep_pass() == 0
-    await redis.delete(keys.lease(renewed))  # and loses it again: the clock starts over
+    # And loses it again (its lease gone, its deadline due): the clock starts over.
+    await redis.delete(keys.lease(renewed))
+    await redis.zadd(keys.lease_deadlines, {renewed: 1})
     await asyncio.sleep(0.3)
     assert await sweeper.sweep_pass() == 1  # only the abandoned run, a full grace after
     assert (await store.get(abandoned)).attempt == 2
@@ -88,5 +92,66 @@ async def test_a_holder_missing_from_client_list_counts_only_once_our_own_connec
         assert await liveness.gone({"ghost-worker"}) == set()  # our connection is brand new
         await asyncio.sleep(2.1)  # CLIENT LIST counts a connection's age in whole seconds
         assert await liveness.gone({"ghost-worker"}) == {"ghost-worker"}
+    finally:
+        await named.aclose()
+
+
+async def test_a_sweep_reads_only_the_leases_that_fell_due(
+    redis: Redis, keys: Keys, store: RunStore, bus: Bus, settings: Settings
+) -> None:
+    # Runs held the way workers hold them: each renewal moves the run's deadline along.
+    holder = Leases(redis, keys, "w-alive", ttl_ms=60_000)
+    held = [(await store.create("t_steps", {"n": 1})).run_id for _ in range(50)]
+    for rid in held:
+        await bus.publish(rid, EventType.WORKFLOW_STARTED, attempt=1)
+        assert await holder.refresh_run(None, rid, 1) == b"ok"
+    engine = Engine.build(settings, redis, name="sweeper-test")
+    sweeper = Sweeper(engine, grace_s=0)
+    await sweeper.audit()  # every active run has its deadline: nothing to add
+    assert await redis.zcard(keys.lease_deadlines) == len(held)
+    assert await sweeper.sweep_due() == 0
+    assert sweeper._last_due == 0  # not one lease read
+    await redis.delete(keys.lease(held[0]))  # its holder died: the lease lapses...
+    await redis.zadd(keys.lease_deadlines, {held[0]: 1})  # ...at its deadline
+    assert await sweeper.sweep_due() == 1
+    assert sweeper._last_due == 1
+    assert (await store.get(held[0])).attempt == 2
+
+
+async def test_one_worker_sweeps_at_a_time_and_another_takes_over_when_it_leaves(
+    redis: Redis, settings: Settings
+) -> None:
+    first = Sweeper(Engine.build(settings, redis, name="w1"))
+    second = Sweeper(Engine.build(settings, redis, name="w2"))
+    assert await first.take_turn() == 2  # taken now
+    assert await second.take_turn() == 0
+    assert await first.take_turn() == 1  # still ours, renewed
+    await first.leave_turn()
+    assert await second.take_turn() == 2
+    assert await first.take_turn() == 0
+
+
+async def test_the_runs_of_a_registered_worker_without_connections_are_reclaimed(
+    redis_url: str, redis: Redis, keys: Keys, store: RunStore, bus: Bus, settings: Settings
+) -> None:
+    from tidings.redis import connect
+    from tidings.services.worker.liveness import Liveness, client_name
+
+    rid = (await store.create("t_steps", {"n": 1})).run_id
+    await bus.publish(rid, EventType.WORKFLOW_STARTED, attempt=1)
+    ghost = Leases(redis, keys, "ghost-worker", ttl_ms=300_000)  # a lease far from lapsing
+    assert await ghost.refresh_run(None, rid, 1) == b"ok"
+    await redis.hset(keys.workers, "ghost-worker", "1")  # registered, never connected
+    named = connect(redis_url, client_name=client_name("sweeper-test"))
+    try:
+        engine = Engine.build(settings, named, name="sweeper-test")
+        sweeper = Sweeper(engine, Liveness(named, "sweeper-test", grace_s=0, settle_s=0))
+        assert await sweeper.check_liveness() == 1
+        record = await store.get(rid)
+        assert record.status is RunStatus.QUEUED and record.attempt == 2
+        [lost] = [e for e in await bus.events(rid) if e.type is EventType.WORKER_LOST]
+        assert lost.data is not None and lost.data["reason"] == "worker_gone"
+        assert await sweeper.check_liveness() == 0  # it holds nothing now: unregistered
+        assert not await redis.hexists(keys.workers, "ghost-worker")
     finally:
         await named.aclose()

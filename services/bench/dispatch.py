@@ -24,7 +24,7 @@ from tidings.settings import Settings
 
 from .arq_baseline import connect_pool
 from .harness import Result, Servers, percentile
-from .listen import next_matching
+from .listen import next_matching, wait_workers
 from .targets import Target
 
 __all__ = ["bench_dispatch"]
@@ -38,6 +38,7 @@ async def _ours(srv: Servers, samples: int) -> tuple[list[float], list[float]]:
     redis = connect(srv.redis_url)
     settings = Settings(redis_url=srv.redis_url, namespace=srv.namespace)
     control = Control(redis, srv.keys, Bus(redis, srv.keys), settings)
+    await wait_workers(redis, srv.keys, 1)  # listening, so `monty` is in the catalog
     pubsub = redis.pubsub()
     out: list[float] = []
     in_start: list[float] = []

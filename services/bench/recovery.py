@@ -30,7 +30,7 @@ from tidings.settings import Settings
 
 from .arq_baseline import connect_pool
 from .harness import BenchError, Result, Servers
-from .listen import next_matching
+from .listen import next_matching, wait_workers
 from .targets import Target
 
 __all__ = ["bench_recovery"]
@@ -89,6 +89,7 @@ async def _ours(srv: Servers, samples: int) -> tuple[list[float], list[float]]:
     lost: list[float] = []
     resumed: list[float] = []
     try:
+        await wait_workers(redis, srv.keys, 2)  # listening, so `monty` is in the catalog
         for _ in range(samples):
             a, b = await _ours_once(srv, control, workers)
             lost.append(a)

@@ -32,6 +32,7 @@ from tidings.redis import connect
 from tidings.settings import Settings
 
 from .harness import BenchError, Result, Servers
+from .targets import Target
 
 __all__ = ["bench_sweep"]
 
@@ -136,6 +137,7 @@ async def bench_sweep(srv: Servers, quick: bool) -> Result:
         baseline=baseline,
         baseline_label=_BEFORE_LABEL,
         ratio=baseline / figure,
+        targets=[Target("ratio", ">=", 2.0, ">= 2x fewer than before")],
         details=found,
         notes=[f"{figure:,.0f} commands/s over {found['window_s']} s: {by}"],
     )

@@ -22,7 +22,7 @@ from .context import Engine
 from .dispatch import Dispatcher
 from .outage import OUTAGE_ERRORS, OutageNotice
 
-__all__ = ["listen_doorbell", "register"]
+__all__ = ["listen_doorbell", "register", "unregister"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ _RECONNECT_S = 0.2
 async def register(engine: Engine) -> None:
     """Enter this worker in the namespace's registry of workers (see the module docstring)."""
     await engine.redis.hset(engine.keys.workers, engine.name, str(now_ms()))  # type: ignore[misc]
+
+
+async def unregister(engine: Engine) -> None:
+    """Leave the registry (a stopping worker, once it holds nothing)."""
+    await engine.redis.hdel(engine.keys.workers, engine.name)  # type: ignore[misc]
 
 
 async def listen_doorbell(engine: Engine, dispatcher: Dispatcher) -> None:

@@ -14,19 +14,23 @@ What makes this safe to call while jobs are still starting:
   (`Publisher.close`), so a hand-back racing a fence or a lease check ends in a result.
 - Each hand-back is awaited whole by `hand_back`; failures are logged one by one and never stop
   the others. Should Redis be unreachable, what could not be handed back is recovered by the
-  other workers' sweepers once its lease (or the placeholder lease) lapses.
+  sweeping worker once its lease (or the placeholder lease) lapses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from tidings.errors import Fenced, NotFound, RunFinished
 from tidings.events import EventType
-from tidings.jobs import queue_of, run_job_id
+from tidings.jobs import DEFAULT_VERSION, queue_of, run_job_id
 
 from .context import Engine
+
+if TYPE_CHECKING:
+    from .run import RunHandle
 
 __all__ = ["hand_back", "hand_back_run", "hand_back_task", "requeue"]
 
@@ -54,7 +58,7 @@ async def hand_back_run(engine: Engine, run_id: str) -> None:
     handle = engine.runs.get(run_id)
     if handle is None or handle.abort_reason not in (None, "cancel"):
         return  # fenced, finished or already handed back: nothing of ours to give
-    attempt, queue = handle.attempt, queue_of(engine.keys, handle)
+    attempt, queue = handle.attempt, await _queue(engine, handle)
     try:
         reclaimed = await engine.leases.reclaim(
             run_id,
@@ -71,6 +75,18 @@ async def hand_back_run(engine: Engine, run_id: str) -> None:
     message = f"worker {engine.name} is shutting down: handed back; attempt {new} queued"
     data = {"previous_attempt": attempt, "worker": engine.name, "reason": "shutdown"}
     await requeue(engine, run_id, new, message, data, queue)
+
+
+async def _queue(engine: Engine, handle: RunHandle) -> str:
+    """The run's queue; read from its record when the run was claimed but not loaded yet (a job
+    claimed while the worker stops hands its run back before loading it)."""
+    if handle.workflow:
+        return queue_of(engine.keys, handle)
+    key = engine.keys.run(handle.run_id)
+    workflow, version = await engine.redis.hmget(key, ["workflow", "version"])  # type: ignore[misc]
+    if not workflow:
+        return ""  # the record is gone: the reclaim finds nothing to move
+    return engine.keys.queue_for(workflow.decode(), (version or b"").decode() or DEFAULT_VERSION)
 
 
 async def hand_back_task(engine: Engine, job_id: str) -> None:

@@ -8,9 +8,10 @@ GC pause, a partition) and comes back stops before it can do anything else.
 While Redis is unreachable the loop keeps trying, every fraction of a second, instead of waiting
 out its period (`outage.until_redis`): the moment Redis is back, the lease is renewed. A lease
 that lapsed during the outage is simply set again (the refresh script accepts a missing lease as
-long as the run's attempt is still ours, i.e. nobody took the run over), and the other workers'
-sweepers leave a missing lease alone for a full lease TTL before they call the run lost (see
-`sweeper`), so the owner carries on as the same attempt.
+long as the run's attempt is still ours, i.e. nobody took the run over), and the sweeping
+worker leaves a missing lease alone for a full lease TTL before it calls the run lost (see
+`sweeper`), so the owner carries on as the same attempt. Each renewal also moves the run's entry
+in `<ns>:lease_deadlines` (`Leases.refresh_run`), so sweeps never read a lease that is renewed.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ A run's lease `<ns>:run:{ID}:lease` holds `"<worker> <attempt>"` with a short TT
 worker died) and by a worker handing its runs back on SIGTERM. It sets a placeholder lease
 `"- <new attempt>"` until the new attempt's job is claimed, so no other sweeper reclaims the run
 twice while the `worker_lost` event and the new job are being written.
+
+Every script that sets a run lease (claim, renewal, the placeholder of a reclaim) also writes the
+run's entry in `<ns>:lease_deadlines`: run id → the moment the lease lapses, on Redis's clock
+(`TIME`), so a sweep reads only the entries that fell due instead of every lease (`sweeper`).
+Releasing a lease leaves its entry alone: the run is looked at when it falls due, and a run that
+ended is dropped from the set then. Task leases have no entry: their run watches them (`fanout`).
 """
 
 from __future__ import annotations
@@ -20,8 +26,18 @@ from tidings.keys import Keys
 
 __all__ = ["Leases"]
 
-# KEYS: run hash, lease, queue. ARGV: attempt, lease value, ttl ms, job id.
-_CLAIM_RUN = """
+# The lease's deadline on Redis's clock, for `<ns>:lease_deadlines`: now (ms) + a ttl (ms).
+_DEADLINE = """
+local function deadline(ttl)
+  local t = redis.call('TIME')
+  return string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl)
+end
+"""
+
+# KEYS: run hash, lease, queue, lease deadlines. ARGV: attempt, lease value, ttl ms, job id, run id.
+_CLAIM_RUN = (
+    _DEADLINE
+    + """
 redis.call('ZREM', KEYS[3], ARGV[4])
 local h = redis.call('HMGET', KEYS[1], 'attempt', 'status')
 if not h[2] then return 'missing' end
@@ -30,8 +46,10 @@ if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return h[
 local cur = redis.call('GET', KEYS[2])
 if cur and cur ~= ARGV[2] and string.sub(cur, 1, 2) ~= '- ' then return 'busy' end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[4], deadline(tonumber(ARGV[3])), ARGV[5])
 return 'ok'
 """
+)
 
 # KEYS: run hash, task lease, queue, steps, tasks. ARGV: attempt, lease value, ttl, job id, task id.
 # Returns the task spec JSON, or a status word.
@@ -49,8 +67,11 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 return spec
 """
 
-# KEYS: run hash, lease. ARGV: attempt, lease value, ttl ms.
-_REFRESH = """
+# KEYS: run hash, lease, and for a run's lease its lease deadlines. ARGV: attempt, lease value,
+# ttl ms, and for a run's lease its run id.
+_REFRESH = (
+    _DEADLINE
+    + """
 local h = redis.call('HMGET', KEYS[1], 'attempt', 'status')
 if not h[2] then return 'missing' end
 if h[1] ~= ARGV[1] then return 'fenced' end
@@ -58,8 +79,10 @@ if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return 'f
 local cur = redis.call('GET', KEYS[2])
 if cur and cur ~= ARGV[2] then return 'fenced' end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+if KEYS[3] then redis.call('ZADD', KEYS[3], deadline(tonumber(ARGV[3])), ARGV[4]) end
 return 'ok'
 """
+)
 
 # KEYS: lease. ARGV: value. Delete only our own lease.
 _RELEASE = """
@@ -67,11 +90,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: run hash, lease, queue. ARGV: expected attempt, mode, holder's lease value, placeholder
-# ttl ms, job id of the expected attempt. Modes: `lost` (the lease must have expired and the job
-# be gone), `held` (the lease must still be exactly that value: a hand-back by its holder, or a
-# holder whose connections are all gone). Returns {new attempt, previous worker} or false.
-_RECLAIM = """
+# KEYS: run hash, lease, queue, lease deadlines. ARGV: expected attempt, mode, holder's lease
+# value, placeholder ttl ms, job id of the expected attempt, run id. Modes: `lost` (the lease must
+# have expired and the job be gone), `held` (the lease must still be exactly that value: a
+# hand-back by its holder, or a holder whose connections are all gone). Returns {new attempt,
+# previous worker} or false.
+_RECLAIM = (
+    _DEADLINE
+    + """
 local h = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'worker')
 if not h[2] or h[1] ~= ARGV[1] then return false end
 if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return false end
@@ -84,9 +110,11 @@ elseif cur ~= ARGV[3] then
 end
 local new = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('SET', KEYS[2], '- ' .. new, 'PX', ARGV[4])
+redis.call('ZADD', KEYS[4], deadline(tonumber(ARGV[4])), ARGV[6])
 redis.call('ZREM', KEYS[3], ARGV[5])
 return {new, h[3] or ''}
 """
+)
 
 # KEYS: run hash, target. ARGV: attempt, value. A fenced SET (the state snapshot).
 _FENCED_SET = """
@@ -124,8 +152,8 @@ class Leases:
     async def claim_run(self, run_id: str, attempt: int, job_id: str, queue: str) -> str:
         """Take the run's lease for `attempt` and its job off `queue`: 'ok', or why not."""
         reply = await self._claim_run(
-            keys=[self.keys.run(run_id), self.keys.lease(run_id), queue],
-            args=[attempt, self.run_value(attempt), self.ttl_ms, job_id],
+            keys=[self.keys.run(run_id), self.keys.lease(run_id), queue, self.keys.lease_deadlines],
+            args=[attempt, self.run_value(attempt), self.ttl_ms, job_id, run_id],
         )
         return _word(reply)
 
@@ -149,8 +177,8 @@ class Leases:
 
     def refresh_run(self, pipe: Any, run_id: str, attempt: int) -> Any:
         return self._refresh(
-            keys=[self.keys.run(run_id), self.keys.lease(run_id)],
-            args=[attempt, self.run_value(attempt), self.ttl_ms],
+            keys=[self.keys.run(run_id), self.keys.lease(run_id), self.keys.lease_deadlines],
+            args=[attempt, self.run_value(attempt), self.ttl_ms, run_id],
             client=pipe,
         )
 
@@ -186,13 +214,14 @@ class Leases:
     ) -> Any:
         """`reclaim` queued into `pipe` (awaitable when `pipe` is None); see `reclaimed`."""
         return self._reclaim(
-            keys=[self.keys.run(run_id), self.keys.lease(run_id), queue],
+            keys=[self.keys.run(run_id), self.keys.lease(run_id), queue, self.keys.lease_deadlines],
             args=[
                 attempt,
                 "lost" if held_as is None else "held",
                 held_as or "",
                 self.ttl_ms,
                 job_id,
+                run_id,
             ],
             client=pipe,
         )

@@ -1,9 +1,11 @@
 """Which workers are still connected: the fast path of crash detection.
 
 Every worker names its Redis connections `tidings-worker:<worker name>` (CLIENT SETNAME, done by
-redis-py on connect). A worker killed outright (kill -9, OOM, a crashed host whose kernel resets
-the sockets) loses all its connections at once, so the sweeper can tell, from CLIENT LIST, that
-a lease's holder is gone long before the lease's TTL runs out.
+redis-py on connect) and registers its name in `<ns>:workers`. A worker killed outright (kill -9,
+OOM, a crashed host whose kernel resets the sockets) loses all its connections at once, so the
+sweeper can tell, from CLIENT LIST, that a registered worker is gone long before its leases' TTL
+runs out. Only the worker holding the sweep turn asks, at most every `_LIVENESS_S` while nobody
+is missing (`sweeper`): two CLIENT LISTs a second for the whole pool.
 
 It is only a hint, and a conservative one: a holder counts as gone after it has been missing
 from the list for `grace_s`, and the reclaim itself is still fenced on the exact lease value.
@@ -44,6 +46,14 @@ class Liveness:
         self.settle_s = settle_s
         self.enabled = True
         self._missing_since: dict[str, float] = {}
+
+    @property
+    def suspects(self) -> bool:
+        """Some worker asked about is missing from the list (its grace is running)."""
+        return bool(self._missing_since)
+
+    def forget(self) -> None:
+        self._missing_since.clear()
 
     async def gone(self, holders: set[str]) -> set[str]:
         """The holders (worker names) that have had no connection for at least `grace_s`."""

@@ -25,7 +25,7 @@ from tidings.settings import Settings
 
 from .context import Engine, worker_name
 from .dispatch import Dispatcher, JobFunction
-from .doorbell import listen_doorbell
+from .doorbell import listen_doorbell, unregister
 from .handback import hand_back
 from .heartbeat import keep_leases
 from .liveness import client_name
@@ -62,7 +62,7 @@ async def serve(
     if not settings.redis_url:
         raise ValueError("a worker needs REDIS_URL (or TIDINGS_REDIS_URL)")
     name = name or worker_name()
-    # Named connections: other workers' sweepers tell from CLIENT LIST that we are alive.
+    # Named connections: the sweeping worker tells from CLIENT LIST that we are alive.
     redis = connect(settings.redis_url, client_name=client_name(name))
     engine = Engine.build(settings, redis, name)
     await ensure_schema(redis, engine.keys)
@@ -123,6 +123,10 @@ async def _shutdown(engine: Engine, dispatcher: Dispatcher, polling: asyncio.Tas
     polling.cancel("worker stopping")
     await _wait_jobs(dispatcher, deadline)
     await engine.close(_CLOSE_TIMEOUT_S)
+    try:  # out of the registry of workers the sweeper asks CLIENT LIST about
+        await asyncio.wait_for(unregister(engine), _CLOSE_TIMEOUT_S)
+    except Exception as exc:
+        logger.info("not unregistered (%s): the sweepers drop a worker gone holding nothing", exc)
     logger.info("worker %s stopped", engine.name)
 
 

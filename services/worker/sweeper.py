@@ -1,38 +1,59 @@
-"""Recovery: the sweeper, which gives a dead worker's runs to the pool again.
+"""Recovery: the sweeper, which gives a dead worker's runs to the pool again, at a cost that does
+not grow with the number of active runs.
 
-Every worker sweeps, every `_SWEEP_S`, one window of at most `_BATCH` active runs (the next
-window each time, wrapping around: any number of active runs is covered at a bounded cost per
-sweep): one ZRANGE, one pipeline of GETs on their leases, and a look at the status of those
-without one. A run that should have a holder but has no lease (running or paused; or queued
-while its job is gone), and has had none for a full lease TTL as this sweeper saw it, is
-reclaimed by `Leases.reclaim`, which bumps the attempt atomically; the sweeper that wins then
-publishes `worker_lost` under the new attempt (status back to queued) and enqueues the new
-attempt's job. Only then may a worker start it, so `worker_lost` always precedes the next
-`workflow_started`. If the sweeper dies in between, the placeholder lease expires and the next
-sweep reclaims the run again.
+One sweep at a time. Every `_SWEEP_S` each worker asks for the sweep turn (`<ns>:lock:sweep`, a
+lock of `_LEAD_MS` that its holder renews at each turn); only the holder sweeps, so the pool sweeps
+as often as one worker would. A worker that gains the turn starts with no memory (below); one that
+loses it, or is cut off from Redis, forgets what it saw. A holder that dies loses the turn when
+the lock lapses and the next worker to ask takes over.
+
+What a sweep reads: `<ns>:lease_deadlines` holds run id → when its lease lapses (Redis's clock),
+written by every script that grants or renews a run lease (`leases`). A sweep reads only the
+entries that fell due, at most `_BATCH`, oldest first (one script that also reads Redis's
+clock), then one pipeline of their lease, its TTL and the run's status. For each:
+- the run ended, or its record is gone: the entry is dropped;
+- its lease is live (renewed meanwhile): nothing to do (the entry follows the lease's TTL);
+- its own worker holds it: left to our lease loop;
+- queued with its job on its queue: looked at again in `_QUEUED_RECHECK_S`;
+- otherwise it should have a holder and has none (running or paused; or queued while its job is
+  gone). Once it has had none for a full lease TTL as this sweeper saw it, it is reclaimed by
+  `Leases.reclaim`, which bumps the attempt atomically; the sweeper that wins then publishes
+  `worker_lost` under the new attempt (status back to queued) and enqueues the new attempt's job.
+  Only then may a worker start it, so `worker_lost` always precedes the next `workflow_started`.
+  If the sweeper dies in between, the placeholder lease (which has its deadline too) lapses and
+  a later sweep reclaims the run again.
+Runs that never had an entry (a queued run whose job vanished before any worker took it, runs
+written before deadlines existed) are found by the audit: every `_AUDIT_S` the sweeper reads one
+window of `<ns>:active` (the next one each time, wrapping around) and gives each run without an
+entry one that is due at once (ZMSCORE, then ZADD NX: two commands per window).
 
 Why wait a TTL more: a lease's TTL runs in Redis, by the clock, also while its holder cannot
 reach Redis. When Redis restarts (or the network blips) for longer than the TTL, every lease has
 lapsed the moment Redis is back, although no worker died; each holder renews its lease as soon
 as it reconnects (`heartbeat`), well within a TTL, and must not find its run given away first.
-The TTL counts from the first sweep that finds the lease missing, and starts over after a sweep
-that failed (this sweeper was cut off too). The cost is that a frozen worker (SIGSTOP, a
-partition of that worker alone) loses its runs up to two TTLs after its last renewal instead of
-one; a dead one is noticed sooner anyway (below). A sweeper never reclaims a run its own worker
-holds.
+The TTL counts from the first sweep that finds the lease missing; it starts over when the entry
+was renewed since (its deadline moved), after a sweep that failed (this sweeper was cut off too)
+and when the turn changes hands. The cost is that a frozen worker (SIGSTOP, a partition of that
+worker alone) loses its runs up to two TTLs after its last renewal instead of one; a dead one is
+noticed sooner anyway (below). A sweeper never reclaims a run its own worker holds.
 
-Fast path: a run whose lease is still live but whose holder has no Redis connection left (see
-`liveness`) is reclaimed the same way, fenced on the exact lease value, without waiting for the
-TTL. After its own reconnection the sweeper gives that signal no weight until live workers have
-had time to reconnect too. Hand-back (SIGTERM, `handback`) is the same move made by the holder
-itself, at once, for all its runs.
+Fast path: a worker killed outright loses its Redis connections at once. Workers register in
+`<ns>:workers` (`doorbell`); every `_LIVENESS_S` (every sweep while one is missing) the sweeper
+asks CLIENT LIST whether each registered worker still has a connection (`liveness`: only after a
+grace, and not in the first moments after an outage). The runs of one that is gone are found by
+reading the leases of the runs in `<ns>:lease_deadlines` (once per worker lost, not per sweep),
+and reclaimed the same way, fenced on the exact lease value, without waiting for the TTL; a
+worker left holding nothing is dropped from the registry. Hand-back (SIGTERM, `handback`) is the
+same move made by the holder itself, at once, for all its runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from typing import Any
 
 from tidings.jobs import DEFAULT_VERSION, run_job_id
 
@@ -46,13 +67,44 @@ __all__ = ["Sweeper", "sweep"]
 logger = logging.getLogger(__name__)
 
 _SWEEP_S = 0.25
+_LEAD_MS = 750  # the sweep turn's lock; its holder renews it every _SWEEP_S
 _BATCH = 1000
+_AUDIT_S = 1.0
+_LIVENESS_S = 0.5
+_QUEUED_RECHECK_S = 5.0
 _HELD = (b"running", b"paused")
+_ENDED = (b"completed", b"failed", b"cancelled")
+
+# KEYS: lock. ARGV: worker, ttl ms. 1: the turn was ours and is renewed; 2: taken now; 0: another's.
+_TURN = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
+"""
+# KEYS: lock. ARGV: worker. Give the turn up if it is ours.
+_LEAVE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: lease deadlines. ARGV: how many. Returns {now ms (Redis clock), id, score, id, score, …}
+# for the entries due now, oldest first.
+_DUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, ARGV[1])
+table.insert(due, 1, string.format('%d', now))
+return due
+"""
+
+Orphan = tuple[str, int, str | None, str, str]  # run id, attempt, lease it must hold, why, queue
 
 
 class Sweeper:
     """One worker's sweeping, and what it remembers between sweeps: since when it has seen each
-    unleased run without a lease (see the module docstring), and where the next window starts."""
+    due run without a lease, and at which deadline (see the module docstring); where the next
+    audit window starts."""
 
     def __init__(
         self, engine: Engine, liveness: Liveness | None = None, *, grace_s: float | None = None
@@ -60,144 +112,216 @@ class Sweeper:
         self.engine = engine
         self.liveness = liveness
         self.grace_s = engine.settings.lease_ttl_ms / 1000 if grace_s is None else grace_s
-        self._offset = 0
-        self._unleased_since: dict[str, float] = {}
-        self._seen: set[str] = set()  # runs looked at during the current pass
-
-    async def sweep_window(self) -> int:
-        """Sweep the next window of active runs; returns how many were re-enqueued.
-
-        Ranks shift as runs finish, so a pass may skip a run; the next pass sees it.
-        """
-        engine = self.engine
-        offset = self._offset
-        ids = [
-            rid.decode()
-            for rid in await engine.redis.zrange(engine.keys.active, offset, offset + _BATCH - 1)
-        ]
-        self._offset = offset + len(ids) if len(ids) == _BATCH else 0
-        self._seen.update(ids)
-        if self._offset == 0:  # a pass is over: forget the runs it did not meet (finished)
-            for rid in set(self._unleased_since) - self._seen:
-                del self._unleased_since[rid]
-            self._seen.clear()
-        return await self._sweep(ids)
+        self._audit_offset = 0
+        self._last_due = 0  # how many entries the last sweep found due
+        self._unleased_since: dict[str, tuple[float, float]] = {}  # run → (first seen, deadline)
+        redis = engine.redis
+        self._turn = redis.register_script(_TURN)
+        self._leave = redis.register_script(_LEAVE)
+        self._due = redis.register_script(_DUE)
 
     def forget(self) -> None:
         """This sweeper could not watch for a while: what it saw missing may have come back."""
         self._unleased_since.clear()
+        if self.liveness is not None:
+            self.liveness.forget()
+
+    async def take_turn(self) -> int:
+        """0: another worker sweeps now; 1: we still do; 2: we do from now on."""
+        keys = self.engine.keys
+        return int(await self._turn(keys=[keys.sweep_lock], args=[self.engine.name, _LEAD_MS]))
+
+    async def leave_turn(self) -> None:
+        await self._leave(keys=[self.engine.keys.sweep_lock], args=[self.engine.name])
 
     async def sweep_pass(self) -> int:
-        """Every active run once, from the start; returns how many were re-enqueued."""
-        self._offset = 0
-        recovered = await self.sweep_window()
-        while self._offset:
-            recovered += await self.sweep_window()
+        """Audit every active run, then sweep until no due entry is left to act on; returns how
+        many runs were re-enqueued (what a test or a tool calls; the loop goes step by step)."""
+        self._audit_offset = 0
+        await self.audit()
+        while self._audit_offset:
+            await self.audit()
+        recovered = await self.sweep_due()
+        for _ in range(1000):  # more may be due than one batch: on until a batch is not full
+            if self._last_due < _BATCH:
+                break
+            recovered += await self.sweep_due()
         return recovered
 
-    async def _sweep(self, ids: list[str]) -> int:
-        engine = self.engine
-        keys = engine.keys
+    async def audit(self) -> None:
+        """Give the runs of the next window of `<ns>:active` without a deadline one due now."""
+        engine, keys = self.engine, self.engine.keys
+        offset = self._audit_offset
+        ids = await engine.redis.zrange(keys.active, offset, offset + _BATCH - 1)
+        self._audit_offset = offset + len(ids) if len(ids) == _BATCH else 0
         if not ids:
+            return
+        scores = await engine.redis.zmscore(keys.lease_deadlines, ids)
+        missing = {rid: 0 for rid, score in zip(ids, scores, strict=True) if score is None}
+        if missing:
+            await engine.redis.zadd(keys.lease_deadlines, missing, nx=True)
+
+    async def sweep_due(self) -> int:
+        """Look at the due entries (at most `_BATCH`); returns how many runs were re-enqueued."""
+        engine, keys = self.engine, self.engine.keys
+        reply = await self._due(keys=[keys.lease_deadlines], args=[_BATCH])
+        now_ms = int(reply[0])
+        due = {
+            reply[i].decode(): float(reply[i + 1]) for i in range(1, len(reply), 2)
+        }  # run id → deadline
+        self._last_due = len(due)
+        if len(due) < _BATCH:  # every due entry is here: forget the runs that are not (renewed)
+            for rid in set(self._unleased_since) - set(due):
+                del self._unleased_since[rid]
+        if not due:
             return 0
-        # Most runs hold a lease: one GET each, and a closer look only at the others.
+        ids = list(due)
         async with engine.redis.pipeline(transaction=False) as pipe:
             for rid in ids:
                 pipe.get(keys.lease(rid))
-            leases = await pipe.execute()
-        held = {rid: value.decode() for rid, value in zip(ids, leases, strict=True) if value}
-        unleased = [rid for rid in ids if rid not in held]
-        for rid in held:
-            self._unleased_since.pop(rid, None)
-        # (run id, attempt, lease value it must still hold or None, why)
-        orphans: list[tuple[str, int, str | None, str]] = []
-        if self.liveness is not None:
-            orphans += await _held_by_the_gone(engine, self.liveness, held)
-        if unleased:
-            orphans += await self._lapsed(unleased)
+                pipe.pttl(keys.lease(rid))
+                pipe.hmget(keys.run(rid), ["attempt", "status", "workflow", "version"])
+            replies = await pipe.execute()
+        drop: list[str] = []
+        live: dict[str, int] = {}
+        unleased: list[tuple[str, int, bytes, str]] = []  # run id, attempt, status, queue
+        for i, rid in enumerate(ids):
+            lease, pttl, (raw_attempt, status, workflow, version) = replies[3 * i : 3 * i + 3]
+            attempt = int(raw_attempt or 1)
+            if status is None or status in _ENDED or not workflow:
+                drop.append(rid)
+            elif lease is not None:
+                self._unleased_since.pop(rid, None)
+                if pttl > 0:
+                    live[rid] = now_ms + pttl
+            elif (mine := engine.runs.get(rid)) is not None and mine.attempt == attempt:
+                self._unleased_since.pop(rid, None)  # ours: our lease loop renews it
+            else:
+                queue = keys.queue_for(
+                    workflow.decode(), (version or b"").decode() or DEFAULT_VERSION
+                )
+                unleased.append((rid, attempt, status, queue))
+        async with engine.redis.pipeline(transaction=False) as pipe:
+            if drop:
+                pipe.zrem(keys.lease_deadlines, *drop)
+                pipe.zrem(keys.active, *[rid for rid in drop if rid not in live])
+            if live:
+                pipe.zadd(keys.lease_deadlines, live, xx=True, gt=True)
+            for rid, attempt, _, queue in unleased:
+                pipe.zscore(queue, run_job_id(rid, attempt))
+            results = await pipe.execute()
+        queued_jobs = results[len(results) - len(unleased) :]
+        recheck: dict[str, int] = {}
+        orphans: list[Orphan] = []
+        now = time.monotonic()
+        for (rid, attempt, status, queue), job in zip(unleased, queued_jobs, strict=True):
+            if status == b"queued" and job is not None:
+                self._unleased_since.pop(rid, None)
+                recheck[rid] = now_ms + int(_QUEUED_RECHECK_S * 1000)
+                continue
+            if status not in _HELD and status != b"queued":
+                continue
+            first, deadline = self._unleased_since.get(rid, (now, due[rid]))
+            if deadline != due[rid]:  # renewed since we first saw it missing: start over
+                first = now
+            self._unleased_since[rid] = (first, due[rid])
+            if now - first >= self.grace_s:
+                orphans.append((rid, attempt, None, "lease_expired", queue))
+        if recheck:
+            await engine.redis.zadd(keys.lease_deadlines, recheck, xx=True, gt=True)
+        return await self._reclaim(orphans)
+
+    async def check_liveness(self) -> int:
+        """Reclaim the runs of registered workers that have no connection left (see the module
+        docstring); returns how many were re-enqueued."""
+        engine, keys = self.engine, self.engine.keys
+        if self.liveness is None:
+            return 0
+        names = {name.decode() for name in await engine.redis.hkeys(keys.workers)}  # type: ignore[misc]
+        gone = await self.liveness.gone(names - {engine.name})
+        if not gone:
+            return 0
+        held: dict[str, list[Orphan]] = {name: [] for name in gone}
+        offset = 0
+        while ids := await engine.redis.zrange(keys.lease_deadlines, offset, offset + _BATCH - 1):
+            offset += len(ids)
+            async with engine.redis.pipeline(transaction=False) as pipe:
+                for rid in ids:
+                    pipe.get(keys.lease(rid.decode()))
+                    pipe.hmget(keys.run(rid.decode()), ["workflow", "version"])
+                replies = await pipe.execute()
+            for i, rid in enumerate(ids):
+                lease, (workflow, version) = replies[2 * i], replies[2 * i + 1]
+                holder, _, attempt = (lease or b"").decode().rpartition(" ")
+                if holder in held and attempt.isdigit() and workflow:
+                    queue = keys.queue_for(
+                        workflow.decode(), (version or b"").decode() or DEFAULT_VERSION
+                    )
+                    value = lease.decode()
+                    held[holder].append((rid.decode(), int(attempt), value, "worker_gone", queue))
+        idle = [name for name, runs in held.items() if not runs]
+        if idle:
+            await engine.redis.hdel(keys.workers, *idle)  # type: ignore[misc]
+        return await self._reclaim([orphan for runs in held.values() for orphan in runs])
+
+    async def _reclaim(self, orphans: list[Orphan]) -> int:
         if not orphans:
             return 0
+        engine = self.engine
         async with engine.redis.pipeline(transaction=False) as pipe:
-            for rid, _, _, _ in orphans:
-                pipe.hmget(keys.run(rid), ["workflow", "version"])
-            routes = await pipe.execute()
-        queues = [
-            keys.queue_for(wf.decode(), (v or DEFAULT_VERSION.encode()).decode()) if wf else ""
-            for wf, v in routes
-        ]
-        async with engine.redis.pipeline(transaction=False) as pipe:
-            for (rid, attempt, value, _), queue in zip(orphans, queues, strict=True):
+            for rid, attempt, value, _, queue in orphans:
                 job_id = run_job_id(rid, attempt)
                 await engine.leases.reclaim_in(pipe, rid, attempt, job_id, queue, held_as=value)
             outcomes = await pipe.execute()
         recovered = 0
-        for (rid, attempt, _, why), outcome, queue in zip(orphans, outcomes, queues, strict=True):
+        for (rid, attempt, _, why, queue), outcome in zip(orphans, outcomes, strict=True):
             reclaimed = engine.leases.reclaimed(outcome)
             if reclaimed is not None:
                 self._unleased_since.pop(rid, None)
                 new, previous = reclaimed
                 message = f"worker {previous or '?'} lost; attempt {new} queued"
-                data = {"previous_attempt": attempt, "worker": previous, "reason": why}
+                data: dict[str, Any] = {"previous_attempt": attempt, "worker": previous}
+                data["reason"] = why
                 if await requeue(engine, rid, new, message, data, queue):
                     recovered += 1
         return recovered
 
-    async def _lapsed(self, unleased: list[str]) -> list[tuple[str, int, str | None, str]]:
-        """The unleased runs that should have a holder and have had none for `grace_s`."""
-        engine = self.engine
-        async with engine.redis.pipeline(transaction=False) as pipe:
-            for rid in unleased:
-                pipe.hmget(engine.keys.run(rid), ["attempt", "status"])
-            replies = await pipe.execute()
-        now = time.monotonic()
-        deleted: list[str] = []
-        lapsed: list[tuple[str, int, str | None, str]] = []
-        for rid, (raw_attempt, status) in zip(unleased, replies, strict=True):
-            attempt = int(raw_attempt or 1)
-            if status is None:
-                deleted.append(rid)
-            elif status not in _HELD and status != b"queued":
-                self._unleased_since.pop(rid, None)  # finishing: no holder needed
-            elif (mine := engine.runs.get(rid)) is not None and mine.attempt == attempt:
-                self._unleased_since.pop(rid, None)  # ours: our lease loop renews it
-            elif now - self._unleased_since.setdefault(rid, now) >= self.grace_s:
-                lapsed.append((rid, attempt, None, "lease_expired"))
-        if deleted:
-            await engine.redis.zrem(engine.keys.active, *deleted)
-        return lapsed
-
 
 async def sweep(engine: Engine) -> None:
+    """Take the turn, audit, sweep what fell due, check liveness; until cancelled."""
     sweeper = Sweeper(engine, Liveness(engine.redis, engine.name))
     outage = OutageNotice("sweeper")
-    while True:
-        await asyncio.sleep(_SWEEP_S)
-        try:
-            await sweeper.sweep_window()
-        except asyncio.CancelledError:
-            raise
-        except OUTAGE_ERRORS as exc:
-            sweeper.forget()
-            outage.failed(exc)
-        except Exception:
-            logger.warning("sweep failed", exc_info=True)
-        else:
-            outage.ok()
-
-
-async def _held_by_the_gone(
-    engine: Engine, liveness: Liveness, held: dict[str, str]
-) -> list[tuple[str, int, str | None, str]]:
-    """Runs whose lease is still live but whose holder has no connection any more."""
-    holders: dict[str, list[tuple[str, int, str]]] = {}
-    for rid, value in held.items():
-        holder, _, attempt = value.rpartition(" ")
-        if holder in ("-", "", engine.name) or not attempt.isdigit():
-            continue  # placeholders, and ourselves: alive by definition
-        holders.setdefault(holder, []).append((rid, int(attempt), value))
-    gone = await liveness.gone(set(holders))
-    return [
-        (rid, attempt, value, "worker_gone")
-        for holder in gone
-        for rid, attempt, value in holders[holder]
-    ]
+    loop = asyncio.get_running_loop()
+    leading = False
+    next_audit = next_liveness = 0.0
+    try:
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            try:
+                turn = await sweeper.take_turn()
+                if turn != 1 or not leading:
+                    sweeper.forget()  # not ours, or ours anew: nothing seen before counts
+                leading = turn != 0
+                if leading:
+                    now = loop.time()
+                    if now >= next_audit:
+                        next_audit = now + _AUDIT_S
+                        await sweeper.audit()
+                    await sweeper.sweep_due()
+                    if now >= next_liveness or (sweeper.liveness and sweeper.liveness.suspects):
+                        next_liveness = now + _LIVENESS_S
+                        await sweeper.check_liveness()
+            except asyncio.CancelledError:
+                raise
+            except OUTAGE_ERRORS as exc:
+                sweeper.forget()
+                leading = False
+                outage.failed(exc)
+            except Exception:
+                logger.warning("sweep failed", exc_info=True)
+            else:
+                outage.ok()
+    finally:
+        if leading:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sweeper.leave_turn(), 0.5)  # the next sweeper need not wait
