@@ -76,6 +76,27 @@ async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
+    """A Valkey of the test's own, for tests that fill, restart or reshape a whole server.
+    Tests that need it to persist across a restart override this fixture."""
+    server = EmbeddedValkey(tmp_path / "valkey", persistent=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def own_redis(own_valkey: EmbeddedValkey) -> AsyncIterator[Redis]:
+    client = connect(own_valkey.url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
 def bus(redis: Redis, keys: Keys) -> Bus:
     return Bus(redis, keys)
 

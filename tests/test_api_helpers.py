@@ -14,6 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tidings.catalog import Catalog
+from tidings.keys import Keys
+from tidings.redis import connect
 from tidings.sse import SSEMessage, SSEParser
 
 __all__ = ["Stack", "free_port", "running_stack", "stack"]
@@ -105,21 +108,27 @@ async def running_stack(
         )
 
     url = f"http://127.0.0.1:{port}"
+    catalog_redis = connect(env["REDIS_URL"])
+    catalog = Catalog(catalog_redis, Keys(env["TIDINGS_NAMESPACE"]))
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        async with asyncio.timeout(30):
-            while True:
-                for proc in (gateway, worker):
-                    if proc.poll() is not None:
-                        raise AssertionError(f"a process exited early\n{logs()}")
-                try:
-                    # Ready: the gateway answers and the worker has published its workflows.
-                    if (await client.get("/healthz")).status_code == 200:
-                        listed = (await client.get("/api/workflows")).json()["workflows"]
-                        if any(w["served"] for w in listed):
-                            break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    for proc in (gateway, worker):
+                        if proc.poll() is not None:
+                            raise AssertionError(f"a process exited early\n{logs()}")
+                    try:
+                        # Ready: the gateway answers and the worker has published its workflows
+                        # (read in Redis: the listing may need credentials).
+                        if (await client.get("/healthz")).status_code == 200:
+                            listed = (await catalog.read(fresh=True)).entries()
+                            if any(entry.served for entry in listed):
+                                break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+        finally:
+            await catalog_redis.aclose()
         yield Stack(url, client, logs, env, worker)
 
 

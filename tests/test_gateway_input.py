@@ -36,18 +36,13 @@ from schemathesis.specs.openapi.checks import (
 from starlette.applications import Starlette
 from starlette.routing import Match, Route
 
-import tidings.services.workflows  # noqa: F401  (plays the workers: publishes their catalog)
-from tests.test_gateway_support import GatewayFactory
+from tests.test_gateway_support import GatewayFactory, publish_catalog
 from tidings import codec
 from tidings.bus import Bus
-from tidings.catalog import CatalogWriter
 from tidings.echo import ECHO_CHARS
 from tidings.errors import BadCursor, InvalidInput
 from tidings.events import EventType
-from tidings.keys import Keys
-from tidings.redis import connect
 from tidings.runs import RunStore
-from tidings.sdk import registry
 from tidings.services.gateway.app import create_app
 from tidings.settings import Settings
 from tidings.sse import SSEParser
@@ -94,7 +89,7 @@ class Api:
 
 @pytest.fixture
 async def api(settings: Settings, redis: Any, bus: Bus, store: RunStore) -> AsyncIterator[Api]:
-    await _publish_catalog(settings)
+    await publish_catalog(settings.redis_url or "", settings.namespace)
     run = await store.create("demo", None)
     ids = [
         (await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go")).id,
@@ -108,17 +103,6 @@ async def api(settings: Settings, redis: Any, bus: Bus, store: RunStore) -> Asyn
             transport=transport, base_url="http://127.0.0.1", timeout=10
         ) as client:
             yield Api(client, app, run.run_id, ids)
-
-
-async def _publish_catalog(settings: Settings) -> None:
-    """The shipped workflows in the catalog, as a worker that serves them would publish them."""
-    assert settings.redis_url
-    client = connect(settings.redis_url)
-    try:
-        keys = Keys(settings.namespace)
-        await CatalogWriter(client, keys, "test-worker", registry.workflows.values()).publish()
-    finally:
-        await client.aclose()
 
 
 def no_server_error(resp: httpx.Response) -> None:
@@ -583,7 +567,8 @@ async def test_405_allows_every_method_of_the_path_not_only_the_first_routes(api
 def served_schema(settings: Settings, redis_url: str, namespace: str) -> Iterator[Any]:
     """The app's own `/openapi.json`, loaded by schemathesis, which runs the app in-process (its
     lifespan on schemathesis' event loop thread) until the test ends."""
-    asyncio.run(_publish_catalog(settings))  # its input schemas are in the document
+    # The workflows' input schemas are in the document: they come from the catalog.
+    asyncio.run(publish_catalog(settings.redis_url or "", settings.namespace))
     app = create_app(settings)
     try:
         yield schemathesis.openapi.from_asgi("/openapi.json", app)

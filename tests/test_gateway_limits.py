@@ -64,7 +64,7 @@ async def test_runs_per_minute_hold_across_gateways_and_per_client(
 
 async def test_a_start_that_fails_counts_nothing(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory(runs_per_minute=2)
-    bad = {"workflow": "monty", "input": {"min_sleep_s": 5, "max_sleep_s": 1}}
+    bad = {"workflow": "monty", "input": {"min_sleep_s": 0, "max_sleep_s": 1}}  # schema: > 0
     for _ in range(3):
         assert (await start(gw, json=bad)).status_code == 422
     assert (await start(gw, json={"workflow": "nope"})).status_code == 404
@@ -240,7 +240,7 @@ async def test_a_failed_start_gives_its_idempotency_key_back(
 ) -> None:
     gw = await gateway_factory(runs_per_minute=1)
     key = {"Idempotency-Key": "k1"}
-    bad = {"workflow": "monty", "input": {"min_sleep_s": 5, "max_sleep_s": 1}}
+    bad = {"workflow": "monty", "input": {"min_sleep_s": 0, "max_sleep_s": 1}}  # schema: > 0
     assert (await start(gw, headers=key, json=bad)).status_code == 422
     first = await start(gw, headers=key)  # a corrected retry may use the key
     assert first.status_code == 201

@@ -16,7 +16,11 @@ from typing import Any
 import httpx
 
 from tests.conftest import Processes
+from tidings.catalog import CatalogWriter
 from tidings.embedded import free_port
+from tidings.keys import Keys
+from tidings.redis import connect
+from tidings.sdk import registry
 from tidings.sse import SSEMessage, SSEParser
 
 __all__ = ["Gateway", "GatewayFactory", "RawStream", "events_of", "start_gateway", "wait_for"]
@@ -56,19 +60,38 @@ class Gateway:
         return await RawStream.open(self.port, path, **kwargs)
 
 
+async def publish_catalog(redis_url: str, namespace: str) -> None:
+    """The workflows registered in this process (the shipped ones at least) in the namespace's
+    catalog, as workers serving them would publish them. A gateway knows workflows only from
+    the catalog; a test without workers plays them here (the entries lapse like a worker's)."""
+    import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
+
+    client = connect(redis_url)
+    try:
+        writer = CatalogWriter(client, Keys(namespace), "test-worker", registry.workflows.values())
+        await writer.publish()
+    finally:
+        await client.aclose()
+
+
 async def start_gateway(
     processes: Processes,
     settings_env: Callable[..., dict[str, str]],
     redis_url: str | None = None,
+    *,
+    catalog: bool = True,
     **settings: object,
 ) -> Gateway:
-    """A running gateway child process with these settings, on a free port, once ready.
+    """A running gateway child process with these settings, on a free port, once ready; with
+    `catalog`, the shipped workflows are in the catalog first (`publish_catalog`).
 
     Test modules wrap it in a `gateway_factory` fixture over `processes` and `settings_env`."""
     port = free_port()
     env = settings_env(port=port, log_level="warning", **settings)
     if redis_url:
         env["REDIS_URL"] = redis_url
+    if catalog:
+        await publish_catalog(env["REDIS_URL"], env["TIDINGS_NAMESPACE"])
     proc = processes.python("tidings.services.gateway", env=env, name="gateway")
     gw = Gateway(port, proc, processes)
     deadline = time.monotonic() + 20

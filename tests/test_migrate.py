@@ -11,11 +11,9 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import ROOT, Processes
@@ -25,31 +23,11 @@ from tests.test_gateway_support import start_gateway
 from tidings.embedded import EmbeddedValkey
 from tidings.keys import SCHEMA_VERSION, Keys
 from tidings.migrate import LOCK_TTL_MS, MIGRATIONS, migrate
-from tidings.redis import connect
 from tidings.schema import Context
 
 FIXTURE = json.loads((ROOT / "tests/fixtures/schema1_keyspace.json").read_text())
 RUNS: dict[str, str] = FIXTURE["runs"]
 _LEASE_SUFFIX = ":lease"
-
-
-@pytest.fixture
-def valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
-    server = EmbeddedValkey(tmp_path / "valkey", persistent=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def own_redis(valkey: EmbeddedValkey) -> AsyncIterator[Redis]:
-    client = connect(valkey.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def _env_for(url: str, namespace: str) -> Callable[..., dict[str, str]]:
@@ -94,11 +72,11 @@ def _events_of(fixture_key: str) -> list[str]:
 
 
 async def test_a_schema1_keyspace_migrates_and_its_runs_go_on_under_the_new_code(
-    valkey: EmbeddedValkey, own_redis: Redis, processes: Processes
+    own_valkey: EmbeddedValkey, own_redis: Redis, processes: Processes
 ) -> None:
     ns = f"m{uuid.uuid4().hex[:8]}"
     keys = Keys(ns)
-    env = _env_for(valkey.url, ns)
+    env = _env_for(own_valkey.url, ns)
     await _load(own_redis, ns, lease_ms=1_000)
 
     # The services refuse the old keyspace, naming the command that upgrades it.
@@ -109,13 +87,13 @@ async def test_a_schema1_keyspace_migrates_and_its_runs_go_on_under_the_new_code
         assert "tidings migrate" in output
     assert await own_redis.get(keys.schema) == b"1"
 
-    dry = _cli(valkey.url, ns, "--dry-run")
+    dry = _cli(own_valkey.url, ns, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "would go from schema 1 to 2" in dry.stdout and "dry run" in dry.stdout
     assert await own_redis.get(keys.schema) == b"1"
     assert await own_redis.zcard(keys.schema1_queue) == 2
 
-    done = _cli(valkey.url, ns)
+    done = _cli(own_valkey.url, ns)
     assert done.returncode == 0, done.stderr
     assert "migrated from schema 1 to 2" in done.stdout, done.stdout
     assert await own_redis.get(keys.schema) == str(SCHEMA_VERSION).encode()
@@ -184,7 +162,7 @@ async def test_a_schema1_keyspace_migrates_and_its_runs_go_on_under_the_new_code
         await until(lambda: answered("chat", 3), what="the interrupted chat to answer", timeout=60)
         assert (await record("paused"))["status"] == "paused"
 
-    again = _cli(valkey.url, ns)
+    again = _cli(own_valkey.url, ns)
     assert again.returncode == 0, again.stderr
     assert f"at schema {SCHEMA_VERSION} already: nothing to do" in again.stdout
 
@@ -202,7 +180,7 @@ def _comparable(data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_an_interrupted_migration_is_finished_by_running_it_again(
-    valkey: EmbeddedValkey, own_redis: Redis
+    own_valkey: EmbeddedValkey, own_redis: Redis
 ) -> None:
     straight, broken = f"a{uuid.uuid4().hex[:8]}", f"b{uuid.uuid4().hex[:8]}"
     for ns in (straight, broken):
@@ -217,7 +195,7 @@ async def test_an_interrupted_migration_is_finished_by_running_it_again(
         await step(ctx)
     await own_redis.set(keys.migrate_lock, "a migration that died", px=LOCK_TTL_MS)
 
-    busy = _cli(valkey.url, broken)
+    busy = _cli(own_valkey.url, broken)
     assert busy.returncode == 1
     assert (
         "another `tidings migrate` is at work" in busy.stderr and keys.migrate_lock in busy.stderr
@@ -225,7 +203,7 @@ async def test_an_interrupted_migration_is_finished_by_running_it_again(
     assert await own_redis.get(keys.schema) == b"1"
 
     await own_redis.delete(keys.migrate_lock)  # as its TTL would
-    done = _cli(valkey.url, broken)
+    done = _cli(own_valkey.url, broken)
     assert done.returncode == 0, done.stderr
     assert await own_redis.get(keys.schema) == str(SCHEMA_VERSION).encode()
     assert not await own_redis.exists(keys.migrate_lock)
@@ -240,7 +218,7 @@ async def test_an_interrupted_migration_is_finished_by_running_it_again(
 
 
 async def test_migrate_refuses_while_workers_serve_the_namespace(
-    valkey: EmbeddedValkey, own_redis: Redis
+    own_valkey: EmbeddedValkey, own_redis: Redis
 ) -> None:
     ns = f"w{uuid.uuid4().hex[:8]}"
     keys = Keys(ns)
@@ -248,7 +226,7 @@ async def test_migrate_refuses_while_workers_serve_the_namespace(
     pubsub = own_redis.pubsub()
     await pubsub.subscribe(keys.wake_channel)  # what a serving worker does
     try:
-        refused = _cli(valkey.url, ns)
+        refused = _cli(own_valkey.url, ns)
     finally:
         await pubsub.aclose()
     assert refused.returncode == 1
@@ -256,7 +234,7 @@ async def test_migrate_refuses_while_workers_serve_the_namespace(
     assert await own_redis.get(keys.schema) == b"1" and await own_redis.zcard(keys.schema1_queue)
 
 
-def test_an_empty_namespace_needs_no_migration(valkey: EmbeddedValkey) -> None:
-    done = _cli(valkey.url, f"e{uuid.uuid4().hex[:8]}")
+def test_an_empty_namespace_needs_no_migration(own_valkey: EmbeddedValkey) -> None:
+    done = _cli(own_valkey.url, f"e{uuid.uuid4().hex[:8]}")
     assert done.returncode == 0, done.stderr
     assert "is empty: nothing to migrate" in done.stdout

@@ -11,13 +11,11 @@ import tidings.services.workflows  # noqa: F401  (this process plays the workers
 from tests.test_gateway_support import GatewayFactory, events_of
 from tidings import codec
 from tidings.bus import Bus
-from tidings.catalog import CatalogWriter
 from tidings.control import Control
 from tidings.errors import PayloadTooLarge
 from tidings.events import EventType
 from tidings.keys import Keys
 from tidings.runs import RunStore
-from tidings.sdk import registry
 
 BIG = "x" * 10_000
 
@@ -103,7 +101,6 @@ async def test_inputs_and_signal_payloads_over_the_limit_are_refused(
 async def test_the_api_answers_413_for_a_big_input_or_payload(
     gateway_factory: GatewayFactory, redis: Redis, keys: Keys
 ) -> None:
-    await CatalogWriter(redis, keys, "test-worker", registry.workflows.values()).publish()
     gw = await gateway_factory(max_input_bytes=1_000)
     async with gw.client() as client:
         big = await client.post(

@@ -7,9 +7,8 @@ Every test here runs its own Valkey and lowers `maxmemory` on it, never on a sha
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,32 +25,10 @@ from tidings.embedded import EmbeddedValkey, free_port
 from tidings.errors import StorageFull
 from tidings.events import EventType
 from tidings.keys import Keys
-from tidings.redis import connect
 from tidings.sdk import registry
 from tidings.settings import Settings
 
 FULL = "1"  # bytes: any server is over it
-
-
-@pytest.fixture
-def own_valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
-    server = EmbeddedValkey(tmp_path / "valkey", persistent=False)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def own_redis(own_valkey: EmbeddedValkey) -> AsyncIterator[Redis]:
-    client = connect(own_valkey.url)
-    try:
-        yield client
-    finally:
-        with contextlib.suppress(Exception):
-            await client.config_set("maxmemory", "0")
-        await client.aclose()
 
 
 async def _everything(redis: Redis) -> set[bytes]:
