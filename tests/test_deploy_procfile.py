@@ -25,9 +25,10 @@ from redis.asyncio import Redis
 from tests.conftest import ROOT, Processes
 from tests.engine_helpers import until
 from tidings.embedded import EmbeddedValkey, free_port
-from tidings.jobs import job_key, run_job_id, workers_listening
+from tidings.jobs import job_key, queue_of, run_job_id, workers_listening
 from tidings.keys import Keys
 from tidings.redis import connect
+from tidings.runs import RunRecord
 
 pytestmark = pytest.mark.slow
 
@@ -104,27 +105,33 @@ async def _stop(processes: Processes, honcho: subprocess.Popen[bytes]) -> str:
 
 
 async def _runs_state(redis: Redis, run_ids: list[str]) -> dict[str, list[str]]:
-    """Run ids by state: completed; queued with its job; held (a lease: a worker has it);
-    anything else is stranded."""
+    """Run ids by state: completed; queued with its job (on the run's own queue: its workflow's,
+    at its version); held (a lease: a worker has it); anything else is stranded."""
     async with redis.pipeline(transaction=True) as pipe:
         for rid in run_ids:
-            pipe.hmget(KEYS.run(rid), ["status", "attempt"])
+            pipe.hgetall(KEYS.run(rid))
             pipe.get(KEYS.lease(rid))
-        pipe.zrange(KEYS.queue, 0, -1)
-        *replies, queued = await pipe.execute()
-    jobs = {job.decode() for job in queued}
+        replies = await pipe.execute()
     state: dict[str, list[str]] = {"completed": [], "queued": [], "held": [], "stranded": []}
     for i, rid in enumerate(run_ids):
-        (status, attempt), lease = replies[2 * i], replies[2 * i + 1]
-        job = run_job_id(rid, int(attempt or 0))
-        if status == b"completed":
+        raw, lease = replies[2 * i], replies[2 * i + 1]
+        if not raw:
+            state["stranded"].append(f"{rid}: no record")
+            continue
+        run = RunRecord.from_hash(rid, raw)
+        job = run_job_id(rid, run.attempt)
+        if run.status == "completed":
             state["completed"].append(rid)
-        elif status == b"queued" and job in jobs and await redis.exists(job_key(job)):
+        elif (
+            run.status == "queued"
+            and await redis.zscore(queue_of(KEYS, run), job) is not None
+            and await redis.exists(job_key(job))
+        ):
             state["queued"].append(rid)
         elif lease is not None and not lease.startswith(b"- "):
             state["held"].append(rid)
         else:
-            state["stranded"].append(f"{rid}: {status!r} attempt {attempt!r} lease {lease!r}")
+            state["stranded"].append(f"{rid}: {run.status} attempt {run.attempt} lease {lease!r}")
     return state
 
 
@@ -143,11 +150,17 @@ async def test_procfile_scales_gateways_and_stops_cleanly_mid_burst(
                 for gw in gateways:
                     if (await client.get(f"{gw}/readyz")).status_code != 200:
                         return False
+                    # Ready to start runs: the workers have published the workflows the burst uses.
+                    listed = (await client.get(f"{gw}/api/workflows")).json()["workflows"]
+                    if not {"research", "monty"} <= {w["name"] for w in listed if w["served"]}:
+                        return False
         except httpx.TransportError:
             return False
         return await workers_listening(redis, KEYS) >= 3
 
-    await until(up, what="two gateways on their own ports and three workers", timeout=60)
+    await until(
+        up, what="two gateways on their own ports, three workers and the catalog", timeout=60
+    )
 
     # A burst through both gateways: research runs fanning out tasks, and long monty runs.
     monty = {"min_sleep_s": 0.2, "max_sleep_s": 0.4, "max_iterations": 20}
