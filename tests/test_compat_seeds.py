@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.test_api_helpers import Stack, stack
-from tidings.sse import SSEMessage
+from tidings.services.bench.soak.procs import Stack as SoakStack
+from tidings.sse import SSEMessage, SSEParser
 
 __all__ = ["stack"]
 
@@ -83,6 +88,55 @@ async def test_seed000_create_execute_stream(stack: Stack) -> None:
     assert [m.event for m in tail[1:]] == ["workflow_completed"]
     over = await stack.client.get(stream_url, headers={"Last-Event-ID": messages[-1].id})
     assert over.status_code == 204
+
+
+async def _logged_types(client: httpx.AsyncClient, run_id: str) -> list[str]:
+    """The run's whole log, page by page: each event's type."""
+    types: list[str] = []
+    params = {"limit": "500"}
+    while True:
+        page = await client.get(
+            f"/api/runs/{run_id}/events", params=params, headers={"Accept": "application/json"}
+        )
+        assert page.status_code == 200, page.text
+        body = page.json()
+        if not body["events"]:
+            return types
+        types += [e["type"] for e in body["events"]]
+        params["after"] = body["next"]
+
+
+async def test_seed000_stream_from_processes_started_as_the_soak_starts_them(
+    tmp_path: Path,
+) -> None:
+    """The soak's gateway once ran under the package's pre-rename name while the seed routes
+    imported the installed one: two copies of `access`, so the principal set by one failed the
+    other's check and every seed-000 stream was a 500. Now: the whole log, then the end."""
+    soak = SoakStack(tmp_path, f"compat{uuid.uuid4().hex[:8]}", {"llm_token_delay_ms": 0})
+    soak.start_valkey()
+    try:
+        gw = await soak.start_gateway(0)
+        await soak.start_worker(0)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30) as client:
+            body = {"name": "Research otters", "config": {"breadth": 2, "depth": 1}}
+            created = await client.post("/api/v1/workflows/", json=body)
+            assert created.status_code == 201, created.text
+            wf_id = created.json()["id"]
+            executed = await client.post(f"/api/v1/workflows/{wf_id}/execute?stream=true")
+            assert executed.status_code == 200, executed.text
+            messages: list[SSEMessage] = []
+            stream_url = executed.json()["metadata"]["stream_url"]
+            headers = {"Accept": "text/event-stream"}
+            async with client.stream("GET", stream_url, headers=headers) as resp:
+                assert resp.status_code == 200, (await resp.aread()).decode()
+                parser = SSEParser()
+                async for chunk in resp.aiter_bytes():
+                    messages += parser.feed(chunk)
+            logged = await _logged_types(client, wf_id)
+        assert [m.event for m in messages[1:]] == logged
+        assert logged[-1] == "workflow_completed"
+    finally:
+        soak.close()
 
 
 async def test_seed000_tasks_with_prompts_become_a_prompt_chain(stack: Stack) -> None:

@@ -150,7 +150,9 @@ class Stack:
         path = self.dir / f"{role}-{self._spawned}.log"
         with open(path, "wb") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(
-                [sys.executable, "-m", f"services.{role}"],
+                # The installed name: `services.…` would load the package a second time under
+                # another name (two copies of each module, whose classes are not each other's).
+                [sys.executable, "-m", f"tidings.services.{role}"],
                 env=env,
                 cwd=_ROOT,
                 stdin=subprocess.DEVNULL,

@@ -32,15 +32,15 @@ from tidings.catalog import coerce_query
 from tidings.errors import BadCursor, Conflict, InvalidInput, NotFound
 from tidings.events import TERMINAL_STATUSES
 from tidings.keys import check_run_id
-from tidings.services.gateway.access import Need, authorize
-from tidings.services.gateway.bodies import parse_model, read_json
-from tidings.services.gateway.context import gateway
-from tidings.services.gateway.limits import start_limited
-from tidings.services.gateway.run_routes import control_of
-from tidings.services.gateway.streaming import stream_run
 from tidings.sse import encode
 from tidings.streamid import StreamId, parse_cursor
 
+from ..access import Need, authorize
+from ..bodies import parse_model, read_json
+from ..context import gateway
+from ..limits import start_limited
+from ..run_routes import control_of
+from ..streaming import stream_run
 from .seed000 import finished_at
 
 __all__ = [
