@@ -4,7 +4,12 @@ and origins, the seeds' routes with bad input, and raw bytes that are not HTTP (
 too slowly).
 
 Each carries the statuses it should get. Every body that could pass one check by mistake is
-invalid in another way too, so no abusive request can start a run.
+invalid in another way too, so no abusive request can start a run, with one kind of exception:
+input a JSON schema cannot refuse (monty's `min_sleep_s` above `max_sleep_s`, a cycle among
+prompt_chain's tasks) is accepted by the gateway, which validates with the catalog's schema only,
+and the worker fails the run as it starts (`workflow_failed`, "invalid input for workflow …").
+Those are `FAILS_AT_START`: their start must be accepted, and the checks (`checks.py`) expect
+every run with such an input to have failed naming the problem, never to have run.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from tidings.settings import Settings
 
-__all__ = ["Item", "catalog"]
+__all__ = ["FAILS_AT_START", "FailsAtStart", "Item", "catalog"]
 
 _J = {"Content-Type": "application/json"}
 _SSE = {"Accept": "text/event-stream"}
@@ -38,6 +43,35 @@ class Item:
 
 def _ok(*codes: int) -> frozenset[int]:
     return frozenset(codes)
+
+
+@dataclass(frozen=True)
+class FailsAtStart:
+    """Input only the worker can refuse: the run starts, then fails at once naming `problem`."""
+
+    workflow: str
+    input: dict[str, Any]
+    problem: str  # in the run's error, after "invalid input for workflow '<workflow>'"
+
+    def matches(self, workflow: str, input: Any) -> bool:
+        return workflow == self.workflow and input == self.input
+
+
+FAILS_AT_START = {
+    "monty-bounds": FailsAtStart(
+        "monty", {"min_sleep_s": 5, "max_sleep_s": 1}, "min_sleep_s must not exceed max_sleep_s"
+    ),
+    "chain-cycle": FailsAtStart(
+        "prompt_chain",
+        {
+            "tasks": [
+                {"name": "a", "prompt": "{b}", "depends_on": ["b"]},
+                {"name": "b", "prompt": "{a}", "depends_on": ["a"]},
+            ]
+        },
+        "the tasks form a cycle",
+    ),
+}
 
 
 def catalog(run: str, seed_run: str | None, max_body: int) -> list[Item]:
@@ -91,28 +125,13 @@ def catalog(run: str, seed_run: str | None, max_body: int) -> list[Item]:
             _ok(422),
             json={"workflow": "research", "input": {"topic": "x", "breadth": 99}},
         ),
-        Item(
-            "monty-bounds",
-            "POST",
-            "/api/runs",
-            _ok(422),
-            json={"workflow": "monty", "input": {"min_sleep_s": 5, "max_sleep_s": 1}},
-        ),
-        Item(
-            "chain-cycle",
-            "POST",
-            "/api/runs",
-            _ok(422),
-            json={
-                "workflow": "prompt_chain",
-                "input": {
-                    "tasks": [
-                        {"name": "a", "prompt": "{b}", "depends_on": ["b"]},
-                        {"name": "b", "prompt": "{a}", "depends_on": ["a"]},
-                    ]
-                },
-            },
-        ),
+        # accepted, then refused by the worker at start (FAILS_AT_START)
+        *[
+            Item(
+                name, "POST", "/api/runs", _ok(201), json={"workflow": f.workflow, "input": f.input}
+            )
+            for name, f in FAILS_AT_START.items()
+        ],
         # wrong content types
         Item(
             "ctype-text",
@@ -295,11 +314,11 @@ def catalog(run: str, seed_run: str | None, max_body: int) -> list[Item]:
             json={"name": "x", "config": {"breadth": "wide"}},
         ),
         Item(
-            "monty-stream-bounds",
+            "monty-stream-range",
             "POST",
             "/monty/stream",
             _ok(422),
-            json={"min_sleep_s": 9, "max_sleep_s": 1},
+            json={"min_sleep_s": 0, "max_sleep_s": 1},  # the schema wants min_sleep_s > 0
         ),
         Item("monty-stream-list", "POST", "/monty/stream", _ok(422), json=[1]),
         Item(

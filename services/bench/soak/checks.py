@@ -9,7 +9,9 @@
   and end at the run's last event. Each is counted in the report (0 expected: no run here comes
   near `TIDINGS_EVENTS_MAXLEN`).
 - **Every run ended**, with the status the soak expects (`completed`; `cancelled` where a cancel
-  was accepted), its log gapless from 1 with one terminal event, last.
+  was accepted; `failed` for a run whose input only the worker can refuse, started by the abuse:
+  `catalog.FAILS_AT_START`, whose error must name the problem and whose log must end in
+  `workflow_failed`), its log gapless from 1 with one terminal event, last.
 - **Completed steps ran once.** A step's checkpoint and its `task_completed` are one script, so
   per `task_id` at most one `task_completed`, and no `task_started` of a step after its
   `task_completed` (that would be a completed step run again). Observed side effect: each chat
@@ -31,6 +33,7 @@ from redis.asyncio import Redis
 
 from tidings.keys import Keys
 
+from .catalog import FAILS_AT_START, FailsAtStart
 from .viewers import RESYNC, TERMINAL, ViewerLog
 from .workload import RunRecord
 
@@ -50,6 +53,14 @@ class RunData:
     @property
     def workflow(self) -> str:
         return self.record.get("workflow", "")
+
+    def fails_at_start(self) -> FailsAtStart | None:
+        """The abuse's input only the worker refuses, if this run was started with one."""
+        try:
+            input = json.loads(self.record.get("input") or "null")
+        except ValueError:
+            return None
+        return next((f for f in FAILS_AT_START.values() if f.matches(self.workflow, input)), None)
 
     def seqs(self, *, without_tokens: bool = False) -> list[int]:
         return [int(e["seq"]) for e in self.events if not (without_tokens and e["type"] == "token")]
@@ -89,6 +100,7 @@ class RunFindings:
     marker_runs: int = 0
     markers_rerun: int = 0
     started_twice: int = 0  # planned runs found more than once (a monty stream restarted)
+    refused_at_start: int = 0  # the abuse's runs the worker failed for their input, as it must
     failures: list[str] = field(default_factory=list)
 
 
@@ -104,7 +116,10 @@ def check_runs(runs: dict[str, RunData], records: list[RunRecord]) -> RunFinding
             f.failures.append(f"run {run.run_id}: log not gapless from 1: {_gaps(seqs)}")
         ends = [e for e in run.events if e["type"] in TERMINAL]
         want = expected.get(run.run_id, {"completed"})
-        if run.status not in want:
+        refused = run.fails_at_start()
+        if refused is not None:
+            f.refused_at_start += _refused_as_expected(run, refused, f.failures)
+        elif run.status not in want:
             why = run.record.get("error") or run.record.get("message", "")
             f.failures.append(
                 f"run {run.run_id} ({run.workflow}) is {run.status or 'missing'}, "
@@ -131,6 +146,22 @@ def check_runs(runs: dict[str, RunData], records: list[RunRecord]) -> RunFinding
     _check_markers(runs, records, f)
     _check_started_once(runs, records, f)
     return f
+
+
+def _refused_as_expected(run: RunData, refused: FailsAtStart, failures: list[str]) -> bool:
+    """A run of input only the worker refuses failed at start, naming the problem: its error
+    says so, its log ends in `workflow_failed`, and no step of it ran."""
+    error = run.record.get("error", "")
+    named = f"invalid input for workflow '{refused.workflow}'" in error and refused.problem in error
+    last = run.events[-1]["type"] if run.events else None
+    ran = any(e["type"] == "task_started" for e in run.events)
+    if run.status == "failed" and named and last == "workflow_failed" and not ran:
+        return True
+    failures.append(
+        f"run {run.run_id} ({run.workflow}) of input the worker must refuse: {run.status}, "
+        f"last event {last}, {'steps ran, ' if ran else ''}error {error[:200]!r}"
+    )
+    return False
 
 
 def _check_started_once(runs: dict[str, RunData], records: list[RunRecord], f: RunFindings) -> None:

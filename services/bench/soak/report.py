@@ -47,7 +47,8 @@ class Report:
                 f"{self.warmup_runs} by the warm-up, {r.marker_runs} by chat tools; "
                 f"{dict(r.by_workflow)}), statuses {dict(r.by_status)}, {r.events} events in "
                 f"their logs, {r.steps_completed} steps and tasks completed, "
-                f"{r.started_twice} planned runs started twice"
+                f"{r.started_twice} planned runs started twice, {r.refused_at_start} refused "
+                f"at start for their input (abuse)"
             )
             out.append(
                 f"  recovery: {r.worker_lost} worker_lost, {r.attempts_over_one} runs on a later "
