@@ -10,6 +10,9 @@ the SSE codec. None of them imports `tidings.services`.
 
 from __future__ import annotations
 
+if __name__ != "tidings":  # loaded from the folder's name: two copies of every class otherwise
+    raise ImportError(f"this package is imported as {__name__!r}: import it as 'tidings'")
+
 from . import sdk
 from .sdk import *  # noqa: F403  (the SDK is this package's public face)
 

@@ -161,3 +161,18 @@ def test_pyproject_installs_every_package_folder() -> None:
     assert config["package-dir"] == {name: folder for folder, name in _FOLDERS.items()}
     expected = {mod for mod, path in _modules().items() if path.name == "__init__.py"}
     assert set(config["packages"]) == expected
+
+
+def test_the_folders_refuse_to_load_under_their_own_names() -> None:
+    """`python -m services.gateway` from the repository root would load every module twice
+    (once per name), with two copies of each class: it must fail at once, naming the fix."""
+    for module in ("services.gateway", "shared.bus"):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert done.returncode == 1
+        assert "ImportError: this package is imported as" in done.stderr
