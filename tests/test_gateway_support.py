@@ -62,14 +62,15 @@ class Gateway:
 
 async def publish_catalog(redis_url: str, namespace: str) -> None:
     """The workflows registered in this process (the shipped ones at least) in the namespace's
-    catalog, as workers serving them would publish them. A gateway knows workflows only from
-    the catalog; a test without workers plays them here (the entries lapse like a worker's)."""
+    catalog, as a worker serving them would leave it once stopped: known, served by nobody. A
+    gateway knows workflows only from the catalog; a test without workers plays them here."""
     import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
 
     client = connect(redis_url)
     try:
         writer = CatalogWriter(client, Keys(namespace), "test-worker", registry.workflows.values())
         await writer.publish()
+        await writer.withdraw()
     finally:
         await client.aclose()
 
