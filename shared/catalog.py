@@ -58,7 +58,6 @@ __all__ = [
     "WorkflowEntry",
     "WorkflowSource",
     "WorkflowVersion",
-    "coerce_query",
 ]
 
 TTL_S = 15.0  # a worker's entries count this long after its last renewal
@@ -357,46 +356,3 @@ class CatalogWriter:
     async def withdraw(self) -> None:
         if self._members:
             await self.redis.zrem(self.keys.catalog_serving, *self._members)
-
-
-def _types(prop: Mapping[str, Any]) -> set[str]:
-    found = prop.get("type")
-    kinds = set(found) if isinstance(found, list) else {found} if isinstance(found, str) else set()
-    for alt in prop.get("anyOf", ()) or ():
-        if isinstance(alt, Mapping):
-            kinds |= _types(alt)
-    return kinds
-
-
-def _from_text(text: str, kinds: set[str]) -> Any:
-    if "integer" in kinds:
-        try:
-            return int(text)
-        except ValueError:
-            pass
-    if "number" in kinds:
-        try:
-            value = float(text)
-            if value == value and value not in (float("inf"), float("-inf")):
-                return value
-        except ValueError:
-            pass
-    if "boolean" in kinds and text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return text
-
-
-def coerce_query(schema: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """Query-string values (always text) as the numbers or booleans the schema's top-level
-    properties take: `?min_sleep_s=2` → 2. Text that does not parse stays text, for the schema
-    to refuse. JSON bodies are never coerced: they carry their own types."""
-    props = schema.get("properties") or {}
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        prop = props.get(key)
-        if isinstance(value, str) and isinstance(prop, Mapping):
-            kinds = _types(prop)
-            out[key] = value if "string" in kinds else _from_text(value, kinds)
-        else:
-            out[key] = value
-    return out

@@ -28,7 +28,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from tidings import codec
-from tidings.catalog import coerce_query
 from tidings.errors import BadCursor, Conflict, InvalidInput, NotFound
 from tidings.events import TERMINAL_STATUSES
 from tidings.keys import check_run_id
@@ -41,6 +40,7 @@ from ..context import gateway
 from ..limits import start_limited
 from ..run_routes import control_of
 from ..streaming import stream_run
+from .query import coerce_query
 from .seed000 import finished_at
 
 __all__ = [
