@@ -40,7 +40,15 @@ function go(hash) {
   else location.hash = hash;
 }
 
-const tabs = tablist(document.querySelector(".tabs"), { onSelect: (tab) => go(hashFor(tab.dataset.tab)) });
+// The hash a tab selection asked for: its route leaves focus where the keyboard put it, however
+// late the hashchange event comes (a fast Tab press must not have focus yanked to the view).
+let tabHash = null;
+const tabs = tablist(document.querySelector(".tabs"), {
+  onSelect: (tab) => {
+    tabHash = hashFor(tab.dataset.tab);
+    go(tabHash);
+  },
+});
 
 function parse() {
   const hash = decodeURIComponent(location.hash || "");
@@ -57,7 +65,8 @@ function parse() {
 function route() {
   const r = parse();
   if (r.tab === "shared") return location.reload();
-  const fromTabs = document.activeElement && document.activeElement.getAttribute("role") === "tab";
+  const fromTabs = tabHash === location.hash || document.activeElement?.getAttribute("role") === "tab";
+  tabHash = null;
   if (location.hash.startsWith("#run=")) history.replaceState(null, "", `#/runs/${encodeURIComponent(r.id)}`);
   tabs.select(r.tab);
   if (r.tab === "trace" && r.id) {
