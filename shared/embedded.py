@@ -91,6 +91,11 @@ class EmbeddedValkey:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def running(self) -> bool:
+        """Started by us and not exited (stopped, killed, or died on its own)."""
+        return self._proc is not None and self._proc.poll() is None
+
     def _config(self) -> str:
         lines = {
             "bind": self.host,
@@ -148,6 +153,12 @@ class EmbeddedValkey:
         proc, self._proc = self._proc, None
         if proc is not None:
             stop_process(proc, timeout)
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting (to stop many at once); `stop()` then reaps it."""
+        if self.running:
+            assert self._proc is not None
+            self._proc.terminate()
 
     def kill(self) -> None:
         proc, self._proc = self._proc, None

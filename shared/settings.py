@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["ROLES", "Settings", "parse_auth_tokens", "parse_duration"]
+__all__ = ["ROLES", "Settings", "cluster_refusal", "parse_auth_tokens", "parse_duration"]
 
 _PREFIX = "TIDINGS_"
 _RESERVED_PREFIXES = ("TIDINGS_TEST_",)
@@ -66,11 +66,28 @@ def parse_auth_tokens(value: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
+def cluster_refusal(settings: Settings) -> str | None:
+    """Why these settings cannot be served, while the keyspace is not cluster-safe: one line
+    (the gateway and workers exit 2 with it); None for a single Redis."""
+    if not settings.redis_cluster:
+        return None
+    return (
+        "cluster mode (TIDINGS_REDIS_CLUSTER=true) is not supported by this version yet; "
+        "point REDIS_URL at a single Redis or Valkey (`tidings up --cluster N` runs a local "
+        "cluster for experiments, without services)"
+    )
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     redis_url: str | None = Field(
         None, description="Redis/Valkey to use; unset: `tidings up` starts an embedded Valkey."
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="`REDIS_URL` is one node of a Redis/Valkey Cluster. Not supported by this "
+        "version yet: a gateway or worker refuses to start with it.",
     )
     namespace: str = Field(
         "tidings", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of every key and channel."

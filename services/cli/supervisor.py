@@ -14,6 +14,12 @@ Decisions:
 - Without `REDIS_URL`, Valkey runs embedded with its data (AOF) under `<data_dir>/valkey` and the
   port kept from the previous start when free, so data and URL survive restarts. A lock file
   keeps two `tidings up` from sharing one data directory.
+- `--cluster N`: an `EmbeddedCluster` (N primaries, R replicas each) formed fresh under
+  `<data_dir>/cluster` instead, and no gateway or worker: they do not run on a cluster yet
+  (`TIDINGS_REDIS_CLUSTER`), so the cluster runs alone, for experiments. Children started on it
+  would get one node's URL as `REDIS_URL` and `TIDINGS_REDIS_CLUSTER=true`. `redis.url` is not
+  written (commands that find it expect a single server). A node that dies is reported, not
+  restarted: the cluster fails it over to a replica when it has one.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from tidings.embedded import EmbeddedValkey, die_with_parent, free_port
+from tidings.embedded_cluster import ClusterError, EmbeddedCluster
 from tidings.settings import Settings
 
 from .errors import EXIT_ERROR, EXIT_OK, CliError
@@ -65,6 +73,7 @@ class Supervisor:
         workers: int = 2,
         grace_s: float = 10.0,
         out: IO[str] | None = None,
+        cluster: tuple[int, int] | None = None,
     ) -> None:
         self.settings = settings
         self.grace_s = grace_s
@@ -72,7 +81,11 @@ class Supervisor:
         self.children = [_Child("gateway", "tidings.services.gateway")] + [
             _Child(f"worker-{i + 1}", "tidings.services.worker") for i in range(workers)
         ]
+        self.cluster_shape = cluster  # (primaries, replicas per primary)
+        if cluster is not None:
+            self.children = []  # the services do not run on a cluster yet
         self.valkey: EmbeddedValkey | None = None
+        self.cluster: EmbeddedCluster | None = None
         self._stop = threading.Event()
         self._signals = 0
         self._lock_fd: int | None = None
@@ -83,11 +96,14 @@ class Supervisor:
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            redis_url = self.settings.redis_url or self._start_valkey()
+            if self.cluster_shape is not None:
+                redis_url = self._start_cluster(*self.cluster_shape)
+            else:
+                redis_url = self.settings.redis_url or self._start_valkey()
             self._env = self._child_env(redis_url)
             for child in self.children:
                 self._spawn(child)
-            if not self._wait_ready():
+            if self.children and not self._wait_ready():
                 return EXIT_ERROR if not self._stop.is_set() else EXIT_OK
             self._banner(redis_url)
             return self._watch()
@@ -105,7 +121,7 @@ class Supervisor:
 
     # -- Valkey ----------------------------------------------------------------------------------
 
-    def _start_valkey(self) -> str:
+    def _lock_data_dir(self) -> Path:
         data = self.settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(data / "up.lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -115,6 +131,10 @@ class Supervisor:
             os.close(self._lock_fd)
             self._lock_fd = None
             raise CliError(f"another `tidings up` is already using {data.resolve()}") from None
+        return data
+
+    def _start_valkey(self) -> str:
+        data = self._lock_data_dir()
         url_file = redis_url_file(self.settings)
         port = _previous_port(url_file)
         self.valkey = EmbeddedValkey(
@@ -127,6 +147,23 @@ class Supervisor:
             raise CliError(f"embedded Valkey did not start: {first}") from None
         url_file.write_text(self.valkey.url + "\n")
         return self.valkey.url
+
+    def _start_cluster(self, primaries: int, replicas: int) -> str:
+        where = self._lock_data_dir() / "cluster"
+        shutil.rmtree(where, ignore_errors=True)  # formed fresh every time
+        self._say(f"forming a Valkey Cluster: {primaries} primaries, {replicas} replica(s) each")
+        self.cluster = EmbeddedCluster(
+            where,
+            primaries=primaries,
+            replicas=replicas,
+            maxmemory=self.settings.valkey_maxmemory,
+        )
+        try:
+            self.cluster.start(timeout=60)
+        except ClusterError as exc:
+            first = str(exc).splitlines()[0]
+            raise CliError(f"the cluster did not form: {first} (node logs in {where})") from None
+        return self.cluster.url
 
     # -- children --------------------------------------------------------------------------------
 
@@ -141,6 +178,7 @@ class Supervisor:
             TIDINGS_INSECURE=str(self.settings.insecure).lower(),
             TIDINGS_NAMESPACE=self.settings.namespace,
             TIDINGS_DATA_DIR=str(self.settings.data_dir),
+            TIDINGS_REDIS_CLUSTER="true" if self.cluster else "false",
             PYTHONUNBUFFERED="1",
         )
         return env
@@ -183,6 +221,9 @@ class Supervisor:
         return any(w["served"] for w in listed)
 
     def _banner(self, redis_url: str) -> None:
+        if self.cluster is not None:
+            self._cluster_banner(self.cluster, redis_url)
+            return
         url = gateway_url(self.settings)
         workers = len(self.children) - 1
         where = "embedded Valkey" if self.valkey else "Redis"
@@ -195,7 +236,36 @@ class Supervisor:
         ]
         print("\n".join(lines), file=self.out, flush=True)
 
+    def _cluster_banner(self, cluster: EmbeddedCluster, redis_url: str) -> None:
+        lines = [
+            f"Valkey Cluster is up: {cluster.primary_count} primaries, "
+            f"{cluster.replica_count} replica(s) each, "
+            f"cluster-node-timeout {cluster.node_timeout_ms} ms",
+            *(f"  {line}" for line in cluster.describe()),
+            f"  REDIS_URL={redis_url} (any node: a cluster client finds the others)",
+            "  the gateway and workers do not run on a cluster yet (TIDINGS_REDIS_CLUSTER), so "
+            "none were started",
+            "  press Ctrl-C (or send SIGTERM) to stop it",
+        ]
+        if cluster.primary_count < 3:
+            lines.insert(-1, "  fewer than 3 primaries: a dead primary is not failed over")
+        print("\n".join(lines), file=self.out, flush=True)
+
+    def _watch_cluster(self, cluster: EmbeddedCluster) -> int:
+        reported: set[str] = set()
+        while not self._stop.wait(0.5):
+            for node in cluster.nodes:
+                if not node.running and node.name not in reported:
+                    reported.add(node.name)
+                    self._say(f"{node.name} ({node.address}) exited; not restarted")
+            if len(reported) == len(cluster.nodes):
+                self._say("every node of the cluster has exited; shutting down")
+                return EXIT_ERROR
+        return EXIT_OK
+
     def _watch(self) -> int:
+        if self.cluster is not None:
+            return self._watch_cluster(self.cluster)
         last_ping = time.monotonic()
         misses = 0
         while not self._stop.wait(0.25):
@@ -249,6 +319,10 @@ class Supervisor:
         if self.valkey is not None:
             self.valkey.stop()
             self.valkey = None
+        if self.cluster is not None:
+            self._say(f"stopping the cluster's {len(self.cluster.nodes)} node(s)")
+            self.cluster.stop()
+            self.cluster = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
