@@ -134,24 +134,30 @@ async def _locked(redis: Redis, keys: Keys) -> AsyncIterator[Callable[[], None]]
     lost: list[str] = []
 
     async def keep() -> None:
-        while True:
-            await asyncio.sleep(LOCK_TTL_MS / 3000)
-            if not await renew(keys=[keys.migrate_lock], args=[token, LOCK_TTL_MS]):
-                lost.append("lost")
-                return
+        # A renewal that fails (Redis away) ends the keeping like a lost lock: nobody renews it
+        # any more, so the next step must not start as if it were still held.
+        try:
+            while True:
+                await asyncio.sleep(LOCK_TTL_MS / 3000)
+                if not await renew(keys=[keys.migrate_lock], args=[token, LOCK_TTL_MS]):
+                    lost.append("it expired")
+                    return
+        except Exception as exc:
+            lost.append(f"renewing it failed: {exc}")
 
     def alive() -> None:
         if lost:
-            raise MigrationBusy(f"the migration lost {keys.migrate_lock} (it expired); run again")
+            raise MigrationBusy(f"the migration lost {keys.migrate_lock} ({lost[0]}); run again")
 
     keeper = asyncio.create_task(keep())
     try:
         yield alive
     finally:
         keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
-        await redis.register_script(_RELEASE)(keys=[keys.migrate_lock], args=[token])
+        try:
+            await asyncio.wait([keeper])  # unlike awaiting it, never swallows our own cancellation
+        finally:
+            await redis.register_script(_RELEASE)(keys=[keys.migrate_lock], args=[token])
 
 
 def _nothing_to_lose() -> None:

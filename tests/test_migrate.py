@@ -7,6 +7,7 @@ namespace. The services and the CLI run as real processes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -14,15 +15,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
+import tidings.migrate
 from tests.conftest import ROOT, Processes
 from tests.engine_helpers import FAST_LEASES, start_workers, until
 from tests.fixtures.keyspace import dump, load
 from tests.test_gateway_support import start_gateway
 from tidings.embedded import EmbeddedValkey
 from tidings.keys import SCHEMA_VERSION, Keys
-from tidings.migrate import LOCK_TTL_MS, MIGRATIONS, migrate
+from tidings.migrate import LOCK_TTL_MS, MIGRATIONS, MigrationBusy, _locked, migrate
 from tidings.schema import Context
 
 FIXTURE = json.loads((ROOT / "tests/fixtures/schema1_keyspace.json").read_text())
@@ -238,3 +241,44 @@ def test_an_empty_namespace_needs_no_migration(own_valkey: EmbeddedValkey) -> No
     done = _cli(own_valkey.url, f"e{uuid.uuid4().hex[:8]}")
     assert done.returncode == 0, done.stderr
     assert "is empty: nothing to migrate" in done.stdout
+
+
+async def test_a_lock_whose_renewal_fails_stops_the_migration_instead_of_lapsing_unseen(
+    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the fix the keeper died with the error, nobody renewed the lock, and every later
+    # step went on as if it were held (a second migrate could start meanwhile); the error only
+    # surfaced when the context was left.
+    monkeypatch.setattr(tidings.migrate, "LOCK_TTL_MS", 300)  # renewed every 0.1 s
+    async with _locked(redis, keys) as alive:
+        await redis.delete(keys.migrate_lock)
+        await redis.hset(keys.migrate_lock, "not", "a string")  # the renewal's GET: WRONGTYPE
+
+        def stopped() -> bool:
+            try:
+                alive()
+            except MigrationBusy as exc:
+                assert "renewing it failed" in str(exc)
+                return True
+            return False
+
+        await until(stopped, what="the failed renewal to stop the migration")
+        await redis.delete(keys.migrate_lock)
+
+
+async def test_leaving_the_migration_lock_never_swallows_a_cancellation(
+    redis: Redis, keys: Keys
+) -> None:
+    entered = asyncio.Event()
+
+    async def hold() -> str:
+        async with _locked(redis, keys):
+            entered.set()
+        return "went on"  # before the fix: the cancel was swallowed and this returned
+
+    task = asyncio.create_task(hold())
+    await entered.wait()
+    task.cancel()  # lands while the context is being left (waiting for the keeper)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not await redis.exists(keys.migrate_lock)
