@@ -6,8 +6,9 @@ its catalog entry (name, version, description, input JSON schema) and by the wor
 Keys (`tidings.keys`):
 - `<ns>:catalog` hash, `<name>:<version>` → the definition as JSON. Written by every worker that
   serves that version when it starts (last writer wins: one version is one code, so the entries
-  agree). Kept when its workers are gone: a queued run of it waits for one, and the catalog still
-  names it (`served: false`).
+  agree), and written back by its renewals if it went missing (a Redis restarted empty). Kept
+  when its workers are gone: a queued run of it waits for one, and the catalog still names it
+  (`served: false`).
 - `<ns>:catalog:versions` zset, `<name>:<version>` → when it was FIRST published (ms, `ZADD NX`).
 - `<ns>:catalog:serving` zset, `<name>:<version> <worker>` → the worker's deadline (ms). A worker
   renews its entries every `REFRESH_S` to `now + TTL_S` and removes them when it stops; a killed
@@ -343,8 +344,16 @@ class CatalogWriter:
             await pipe.execute()
 
     async def renew(self) -> None:
+        """Extend this worker's entries, and write back any definition that is gone (a Redis
+        that restarted without its data, a flushed key): a worker serving a version the catalog
+        no longer defines would leave it unstartable (404) until the worker restarts."""
+        now = _now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
-            self._renew_in(pipe, _now_ms())
+            for d in self.definitions:
+                key = _field(d.name, d.version)
+                pipe.hsetnx(self.keys.catalog, key, codec.dumps(definition_json(d)))
+                pipe.zadd(self.keys.catalog_versions, {key: now}, nx=True)
+            self._renew_in(pipe, now)
             await pipe.execute()
 
     def _renew_in(self, pipe: Any, now: int) -> None:

@@ -86,6 +86,22 @@ async def test_a_dead_workers_entries_age_out(redis: Redis, keys: Keys) -> None:
     assert await redis.zrange(keys.catalog_serving, 0, -1) == [b"flow:1 w-alive"]
 
 
+async def test_a_renewal_writes_back_definitions_redis_lost(redis: Redis, keys: Keys) -> None:
+    # Before the fix a renewal only extended the serving entries: after a Redis restart without
+    # its data the worker was "serving" a workflow the catalog no longer defined (404 to start).
+    [v1] = _versions("1")
+    writer = CatalogWriter(redis, keys, "w1", [v1])
+    await writer.publish()
+    await redis.delete(keys.catalog, keys.catalog_versions, keys.catalog_serving)
+    catalog = Catalog(redis, keys, cache_s=0)
+    with pytest.raises(NotFound):
+        await catalog.get("flow")
+    await writer.renew()
+    entry = await catalog.get("flow")
+    assert entry.served and entry.current.workers == ("w1",)
+    assert entry.current.description == "v1"
+
+
 @pytest.fixture
 async def client(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings, frontend=None)
