@@ -73,7 +73,7 @@ async def list_workflows(request: Request) -> JSONResponse:
 def _routing(entry: WorkflowEntry, record: RunRecord) -> dict[str, Any]:
     """What a start answer says of where the run goes: its version and whether a worker serves
     that version now (a run nobody serves waits in its queue for one)."""
-    version = getattr(record, "version", "") or entry.current.version
+    version = record.version or entry.current.version
     served = next((v for v in entry.versions if v.version == version), entry.current)
     out: dict[str, Any] = {
         "version": version,
