@@ -13,6 +13,8 @@ Keys (`tidings.keys`):
 - `<ns>:catalog:serving` zset, `<name>:<version> <worker>` → the worker's deadline (ms). A worker
   renews its entries every `REFRESH_S` to `now + TTL_S` and removes them when it stops; a killed
   worker's entries count until their deadline, then any writer drops them.
+- Every time above is on Redis's clock (`TIME`), like the lease deadlines: workers and gateways on
+  hosts whose clocks disagree compare deadlines and publication times written by one another.
 
 Decisions:
 - The current version of a workflow, the one a new run gets: among the versions a live worker
@@ -66,8 +68,11 @@ REFRESH_S = 5.0  # how often a worker renews them
 CACHE_S = 1.0  # how long a gateway reuses one read of the catalog
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+async def _now_ms(redis: Redis) -> int:
+    """Now on Redis's clock: every host's deadlines and publication times are compared with one
+    another, so none may use its own clock (one ahead would drop the others' entries)."""
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def _field(name: str, version: str) -> str:
@@ -209,11 +214,14 @@ class Catalog:
         if not fresh and self._view is not None and now - self._read_at < self.cache_s:
             return self._view
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.time()
             pipe.hgetall(self.keys.catalog)
             pipe.zrange(self.keys.catalog_versions, 0, -1, withscores=True)
-            pipe.zrangebyscore(self.keys.catalog_serving, _now_ms(), "+inf")
-            definitions, published, serving = await pipe.execute()
-        self._view = CatalogView.build(definitions, published, serving)
+            pipe.zrange(self.keys.catalog_serving, 0, -1, withscores=True)
+            (seconds, micros), definitions, published, serving = await pipe.execute()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        live = [member for member, deadline in serving if deadline >= now_ms]
+        self._view = CatalogView.build(definitions, published, live)
         self._read_at = now
         return self._view
 
@@ -325,7 +333,7 @@ class CatalogWriter:
 
     async def publish(self) -> None:
         """Write the definitions, first-publication times and this worker's entries; one MULTI."""
-        now = _now_ms()
+        now = await _now_ms(self.redis)
         async with self.redis.pipeline(transaction=True) as pipe:
             if self.definitions:
                 pipe.hset(
@@ -347,7 +355,7 @@ class CatalogWriter:
         """Extend this worker's entries, and write back any definition that is gone (a Redis
         that restarted without its data, a flushed key): a worker serving a version the catalog
         no longer defines would leave it unstartable (404) until the worker restarts."""
-        now = _now_ms()
+        now = await _now_ms(self.redis)
         async with self.redis.pipeline(transaction=False) as pipe:
             for d in self.definitions:
                 key = _field(d.name, d.version)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from typing import Any
@@ -100,6 +101,21 @@ async def test_a_renewal_writes_back_definitions_redis_lost(redis: Redis, keys: 
     entry = await catalog.get("flow")
     assert entry.served and entry.current.workers == ("w1",)
     assert entry.current.description == "v1"
+
+
+async def test_a_worker_whose_clock_runs_ahead_does_not_drop_the_others(
+    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the fix deadlines were written and compared on each host's own clock: a worker a
+    # minute ahead dropped every other worker's entry as lapsed at each of its renewals.
+    [v1] = _versions("1")
+    await CatalogWriter(redis, keys, "w-ok", [v1]).publish()
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 60)  # this host's clock is ahead
+    await CatalogWriter(redis, keys, "w-ahead", [v1]).publish()
+    monkeypatch.setattr(time, "time", real)
+    entry = await Catalog(redis, keys, cache_s=0).get("flow")
+    assert entry.current.workers == ("w-ahead", "w-ok")
 
 
 @pytest.fixture
