@@ -359,7 +359,7 @@ class CatalogWriter:
         async with self.redis.pipeline(transaction=False) as pipe:
             for d in self.definitions:
                 key = _field(d.name, d.version)
-                pipe.hsetnx(self.keys.catalog, key, codec.dumps(definition_json(d)))
+                pipe.hsetnx(self.keys.catalog, key, codec.dumps_str(definition_json(d)))
                 pipe.zadd(self.keys.catalog_versions, {key: now}, nx=True)
             self._renew_in(pipe, now)
             await pipe.execute()
