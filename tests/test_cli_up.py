@@ -259,6 +259,23 @@ def test_up_with_redis_url_uses_it_and_starts_no_valkey(
     _assert_all_gone(children)
 
 
+def test_up_with_auth_tokens_becomes_ready(
+    processes: Processes, tmp_path: Path, settings_env: Callable[..., dict[str, str]]
+) -> None:
+    # Before the fix readiness read /api/workflows without a credential: with auth on it was a
+    # 401 every time, and `tidings up` gave up after a minute ("did not become ready"), exit 1.
+    data, port = tmp_path / "data", free_port()
+    token = "v" * 32
+    env = settings_env(port=port, data_dir=data, log_level="warning", auth_tokens=f"viewer:{token}")
+    up = processes.start([*CLI, "up", "--workers", "1"], env=env, name="up")
+    _wait_ready(up, processes, port)
+    listed = httpx.get(
+        f"http://127.0.0.1:{port}/api/workflows", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert any(w["served"] for w in listed.json()["workflows"])
+    assert _stop(up, signal.SIGINT, processes) == 0
+
+
 def test_up_with_two_gateway_processes_serves_and_stops_them_all(
     tmp_path: Path, processes: Processes
 ) -> None:

@@ -217,8 +217,11 @@ class Supervisor:
         """With workers to start: one has published its workflows (a run started now is found)."""
         if len(self.children) == 1:
             return True
-        listed = client.get(gateway_url(self.settings) + "/api/workflows").json()["workflows"]
-        return any(w["served"] for w in listed)
+        # With TIDINGS_AUTH_TOKENS set the listing needs a credential: any configured token reads.
+        pairs = self.settings.auth_pairs
+        headers = {"Authorization": f"Bearer {pairs[0][1]}"} if pairs else {}
+        reply = client.get(gateway_url(self.settings) + "/api/workflows", headers=headers)
+        return any(w["served"] for w in reply.json()["workflows"])
 
     def _banner(self, redis_url: str) -> None:
         if self.cluster is not None:
