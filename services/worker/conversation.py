@@ -11,50 +11,15 @@ fails, what was buffered is published before the `ModelError` goes on.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from tidings.events import EventType
 from tidings.sdk.model import Message, Model, ModelError, Tool, ToolResult, converse
 
 from .publisher import Publisher
+from .tokens import TokenBuffer
 
 __all__ = ["publish_conversation"]
-
-_COALESCE_S = 0.05
-
-
-class _Tokens:
-    def __init__(self, publisher: Publisher, task: str | None, task_id: str | None) -> None:
-        self.publisher = publisher
-        self.task = task
-        self.task_id = task_id
-        self.buffered: list[str] = []
-        self.label: dict[str, Any] = {}
-        self.last = asyncio.get_running_loop().time()
-
-    async def add(self, text: str, label: dict[str, Any]) -> None:
-        if label != self.label:
-            await self.flush()
-            self.label = label
-        self.buffered.append(text)
-        now = asyncio.get_running_loop().time()
-        if now - self.last >= _COALESCE_S:
-            await self.flush()
-
-    async def flush(self) -> None:
-        self.last = asyncio.get_running_loop().time()
-        if not self.buffered:
-            return
-        text = "".join(self.buffered)
-        self.buffered.clear()
-        await self.publisher.send(
-            EventType.TOKEN,
-            task=self.task,
-            task_id=self.task_id,
-            data={"text": text, **self.label},
-        )
 
 
 async def publish_conversation(
@@ -69,7 +34,7 @@ async def publish_conversation(
     max_tokens: int = 400,
     data: dict[str, Any] | None = None,
 ) -> AsyncIterator[str | ToolResult]:
-    tokens = _Tokens(publisher, task, task_id)
+    tokens = TokenBuffer(publisher, task, task_id)
     label: dict[str, Any] = {"model": model.name, "simulated": model.simulated, **(data or {})}
     current = label
     try:

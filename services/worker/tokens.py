@@ -19,9 +19,49 @@ from tidings.events import EventType
 from .llm import LLM
 from .publisher import Publisher
 
-__all__ = ["stream_tokens"]
+__all__ = ["TokenBuffer", "stream_tokens"]
 
 _COALESCE_S = 0.05
+
+
+class TokenBuffer:
+    """Text deltas buffered into one `token` event about every `_COALESCE_S`; a change of label
+    (the data beside the text) publishes what was buffered under the old one first."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        task: str | None,
+        task_id: str | None,
+        label: dict[str, Any] | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.task = task
+        self.task_id = task_id
+        self.buffered: list[str] = []
+        self.label: dict[str, Any] = label or {}
+        self.last = asyncio.get_running_loop().time()
+
+    async def add(self, text: str, label: dict[str, Any] | None = None) -> None:
+        if label is not None and label != self.label:
+            await self.flush()
+            self.label = label
+        self.buffered.append(text)
+        if asyncio.get_running_loop().time() - self.last >= _COALESCE_S:
+            await self.flush()
+
+    async def flush(self) -> None:
+        self.last = asyncio.get_running_loop().time()
+        if not self.buffered:
+            return
+        text = "".join(self.buffered)
+        self.buffered.clear()
+        await self.publisher.send(
+            EventType.TOKEN,
+            task=self.task,
+            task_id=self.task_id,
+            data={"text": text, **self.label},
+        )
 
 
 async def stream_tokens(
@@ -34,24 +74,8 @@ async def stream_tokens(
     system: str | None = None,
     max_tokens: int = 400,
 ) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    buffered: list[str] = []
-    last = loop.time()
-    label: dict[str, Any] = {"model": llm.name, "simulated": llm.simulated}
-    stream = llm.stream(prompt, system=system, max_tokens=max_tokens)
-    async for delta in stream:
-        buffered.append(delta)
-        now = loop.time()
-        if now - last >= _COALESCE_S:
-            last = now
-            text = "".join(buffered)
-            buffered.clear()
-            await publisher.send(
-                EventType.TOKEN, task=task, task_id=task_id, data={"text": text, **label}
-            )
+    tokens = TokenBuffer(publisher, task, task_id, {"model": llm.name, "simulated": llm.simulated})
+    async for delta in llm.stream(prompt, system=system, max_tokens=max_tokens):
+        await tokens.add(delta)
         yield delta
-    if buffered:
-        text = "".join(buffered)
-        await publisher.send(
-            EventType.TOKEN, task=task, task_id=task_id, data={"text": text, **label}
-        )
+    await tokens.flush()
