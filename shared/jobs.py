@@ -42,6 +42,7 @@ __all__ = [
     "job_key",
     "loads_job",
     "queue_of",
+    "queue_of_fields",
     "run_job_id",
     "signal_doorbell",
     "task_job_id",
@@ -80,6 +81,12 @@ class Routed(Protocol):
 def queue_of(keys: Keys, run: Routed) -> str:
     """The queue of `run`'s jobs, its own and its tasks': its workflow's at its version."""
     return keys.queue_for(run.workflow, run.version)
+
+
+def queue_of_fields(keys: Keys, workflow: bytes, version: bytes | None) -> str:
+    """`queue_of` from a run record's raw `workflow` and `version` fields (an HMGET's reply); a
+    record written before runs had versions is at `DEFAULT_VERSION`."""
+    return keys.queue_for(workflow.decode(), (version or b"").decode() or DEFAULT_VERSION)
 
 
 def dumps_job(obj: Any) -> bytes:

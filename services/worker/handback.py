@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from tidings.errors import Fenced, NotFound, RunFinished
 from tidings.events import EventType
-from tidings.jobs import DEFAULT_VERSION, queue_of, run_job_id
+from tidings.jobs import queue_of, queue_of_fields, run_job_id
 
 from .context import Engine
 
@@ -86,7 +86,7 @@ async def _queue(engine: Engine, handle: RunHandle) -> str:
     workflow, version = await engine.redis.hmget(key, ["workflow", "version"])  # type: ignore[misc]
     if not workflow:
         return ""  # the record is gone: the reclaim finds nothing to move
-    return engine.keys.queue_for(workflow.decode(), (version or b"").decode() or DEFAULT_VERSION)
+    return queue_of_fields(engine.keys, workflow, version)
 
 
 async def hand_back_task(engine: Engine, job_id: str) -> None:

@@ -55,7 +55,7 @@ import logging
 import time
 from typing import Any
 
-from tidings.jobs import DEFAULT_VERSION, run_job_id
+from tidings.jobs import queue_of_fields, run_job_id
 
 from .context import Engine
 from .handback import requeue
@@ -197,9 +197,7 @@ class Sweeper:
             elif (mine := engine.runs.get(rid)) is not None and mine.attempt == attempt:
                 self._unleased_since.pop(rid, None)  # ours: our lease loop renews it
             else:
-                queue = keys.queue_for(
-                    workflow.decode(), (version or b"").decode() or DEFAULT_VERSION
-                )
+                queue = queue_of_fields(keys, workflow, version)
                 unleased.append((rid, attempt, status, queue))
         async with engine.redis.pipeline(transaction=False) as pipe:
             if drop:
@@ -254,9 +252,7 @@ class Sweeper:
                 lease, (workflow, version) = replies[2 * i], replies[2 * i + 1]
                 holder, _, attempt = (lease or b"").decode().rpartition(" ")
                 if holder in held and attempt.isdigit() and workflow:
-                    queue = keys.queue_for(
-                        workflow.decode(), (version or b"").decode() or DEFAULT_VERSION
-                    )
+                    queue = queue_of_fields(keys, workflow, version)
                     value = lease.decode()
                     held[holder].append((rid.decode(), int(attempt), value, "worker_gone", queue))
         idle = [name for name, runs in held.items() if not runs]
