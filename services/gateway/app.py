@@ -32,6 +32,7 @@ from tidings.settings import Settings
 
 from . import compat, run_routes, session_routes, stream_routes
 from .access import Access
+from .cluster_source import ClusterSource
 from .context import Gateway
 from .dashboard import dashboard
 from .edge import Edge
@@ -42,7 +43,7 @@ from .limits import Admission
 from .metrics import Gauges, Stats, make_registry
 from .openapi import openapi
 from .presence import Presence
-from .source import PubSubSource
+from .source import PubSubSource, Source
 from .stream_runs import StreamRuns
 from .trim import Trimmer, malloc_trim
 from .viewer import ViewerLimits
@@ -100,7 +101,14 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
         send_timeout=settings.send_timeout_s,
         heartbeat=settings.sse_heartbeat_s,
     )
-    hub = Hub(PubSubSource(redis, stats), keys, limits=limits, stats=stats)
+    # Cluster mode is refused at start-up (`cluster_refusal`) until the keyspace is cluster-safe;
+    # behind that refusal the hub already takes its messages by sharded pub/sub.
+    source: Source = (
+        ClusterSource.from_url(settings.redis_url, stats)
+        if settings.redis_cluster
+        else PubSubSource(redis, stats)
+    )
+    hub = Hub(source, keys, limits=limits, stats=stats)
     gauges = Gauges(
         viewers=hub.count_viewers,
         lifecycle_viewers=partial(hub.count_viewers, lifecycle=True),

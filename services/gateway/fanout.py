@@ -10,7 +10,8 @@ channels that have any. Decisions worth knowing:
   channel the dispatch loop writes those same bytes straight to the viewer's transport when the
   viewer is quiet (see `viewer.py`), else hands the message to the viewer's bounded buffer. No
   task switch, no per-viewer encoding, no allocation per delivery on the fast path.
-- A channel the source lost (Redis restart) is not ready until its SUBSCRIBE is confirmed again;
+- A channel the source lost (Redis restart; on a cluster, its node's connection or its slot's
+  move: `on_lost_channels`) is not ready until its SUBSCRIBE is confirmed again;
   then every cursor of it lags and catches up from the log, so nothing published in between is
   lost.
 - Heartbeats come from one ticker for the whole process, not a timer per viewer.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from tidings.keys import Keys
 
@@ -257,6 +258,14 @@ class Hub:
     def on_lost(self) -> None:
         for entry in self._channels.values():
             entry.ready = False
+
+    def on_lost_channels(self, channels: Collection[bytes]) -> None:
+        """What `on_lost` does, for these channels only: each waits for its `on_ready`, which
+        makes its cursors catch up from the log; the other channels stay live."""
+        for name in channels:
+            entry = self._channels.get(name)
+            if entry is not None:
+                entry.ready = False
 
     # -- lifetime --------------------------------------------------------------------------------
 

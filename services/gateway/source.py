@@ -8,8 +8,10 @@ Decisions worth knowing:
 
 - The connection is a plain redis-py `Connection`, not `PubSub`: `PubSub` silently reconnects and
   resubscribes, which would hide the window in which messages were missed. Here a lost connection
-  is reported (`on_lost`), and after a reconnect each channel is reported ready again only once
-  the server confirmed its SUBSCRIBE, so the hub can make its viewers catch up from the log.
+  is reported (`on_lost`, every channel; `cluster_source.py`, one connection per cluster node,
+  reports a node's channels alone with `on_lost_channels`), and after a reconnect each channel is
+  reported ready again only once the server confirmed its SUBSCRIBE, so the hub can make its
+  viewers catch up from the log.
 - A single writer task reconciles "channels wanted" with "channels subscribed", so a channel
   released and wanted again at once causes no churn, and a SUBSCRIBE/UNSUBSCRIBE race can never
   mark a channel live before the server confirms it.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -47,6 +50,10 @@ class SourceEvents(Protocol):
 
     def on_lost(self) -> None:
         """Messages may have been missed on every channel; each gets `on_ready` again later."""
+
+    def on_lost_channels(self, channels: Collection[bytes]) -> None:
+        """Messages may have been missed on these channels only (one cluster node's connection
+        dropped, or their slot moved); each still wanted gets `on_ready` again later."""
 
 
 class Source(Protocol):
