@@ -24,6 +24,8 @@ from tidings.errors import NotFound
 from tidings.keys import Keys
 from tidings.sdk import Registry, registry
 from tidings.services.gateway.app import create_app
+from tidings.services.worker import loading
+from tidings.services.worker.main import serve
 from tidings.settings import Settings
 
 
@@ -116,6 +118,27 @@ async def test_a_worker_whose_clock_runs_ahead_does_not_drop_the_others(
     monkeypatch.setattr(time, "time", real)
     entry = await Catalog(redis, keys, cache_s=0).get("flow")
     assert entry.current.workers == ("w-ahead", "w-ok")
+
+
+async def test_a_stopped_worker_is_not_listed_as_serving_afterwards(
+    settings: Settings, redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the fix the worker withdrew its entries while its renewal loop still ran until the
+    # end of the shutdown: a renewal after the withdrawal listed it as serving for TTL_S more.
+    monkeypatch.setattr(loading, "REFRESH_S", 0)  # renewals back to back
+    stop = asyncio.Event()
+    server = asyncio.create_task(
+        serve(settings, name="w-stopping", stop=stop, handle_signals=False)
+    )
+
+    async def serving() -> list[bytes]:
+        members = await redis.zrange(keys.catalog_serving, 0, -1)
+        return [m for m in members if m.endswith(b" w-stopping")]
+
+    await until(serving, what="the worker to publish what it serves")
+    stop.set()
+    await server
+    assert await serving() == []
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ async def serve(
 
     catalog = CatalogWriter(redis, engine.keys, engine.name, registry.workflows.values())
     await catalog.publish()
-    engine.spawn(keep_catalog(catalog), name="catalog")
+    keeper = engine.spawn(keep_catalog(catalog), name="catalog")
     engine.spawn(listen_doorbell(engine, dispatcher), name="doorbell")
     engine.spawn(keep_leases(engine), name="leases")
     engine.spawn(sweep(engine), name="sweeper")
@@ -90,6 +90,10 @@ async def serve(
             polling.result()  # surface a crash of the poll loop
     finally:
         signalled.cancel()
+        # No renewal may follow the withdrawal: one would list this worker as serving for a
+        # further TTL_S after it is gone (new runs routed to a version nobody serves).
+        keeper.cancel()
+        await asyncio.wait([keeper], timeout=_CLOSE_TIMEOUT_S)
         try:
             await asyncio.wait_for(catalog.withdraw(), _CLOSE_TIMEOUT_S)
         except Exception as exc:  # Redis away: the entries lapse on their own
