@@ -108,10 +108,6 @@ class EngineViews:
         return self.engine.settings
 
     @property
-    def llm(self) -> LLM:
-        return self.engine.llm
-
-    @property
     def model(self) -> LLM:
         """`Run.model` / `TaskContext.model`."""
         return self.engine.llm

@@ -327,7 +327,7 @@ class RunHandle(EngineViews):
         data: dict[str, Any] | None = None,
     ) -> AsyncIterator[str | ToolResult]:
         return publish_conversation(
-            self.llm,
+            self.model,
             self.publisher,
             messages,
             tools,
@@ -341,7 +341,7 @@ class RunHandle(EngineViews):
         self, prompt: str, *, task: str = "llm", system: str | None = None, max_tokens: int = 400
     ) -> AsyncIterator[str]:
         return stream_tokens(
-            self.llm, self.publisher, prompt, task=task, system=system, max_tokens=max_tokens
+            self.model, self.publisher, prompt, task=task, system=system, max_tokens=max_tokens
         )
 
     # -- helpers --------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ class TaskExecution(EngineViews):
         data: dict[str, Any] | None = None,
     ) -> AsyncIterator[str | ToolResult]:
         return publish_conversation(
-            self.llm,
+            self.model,
             self.publisher,
             messages,
             tools,
@@ -144,7 +144,7 @@ class TaskExecution(EngineViews):
         self, prompt: str, *, system: str | None = None, max_tokens: int = 400
     ) -> AsyncIterator[str]:
         return stream_tokens(
-            self.llm,
+            self.model,
             self.publisher,
             prompt,
             task=self.name,
