@@ -163,9 +163,13 @@ class JobQueue:
             client=client,
         )
 
-    async def enqueue_run(self, queue: str, run_id: str, attempt: int) -> bool:
+    async def enqueue_run(
+        self, queue: str, run_id: str, attempt: int, *, defer_ms: int = 0
+    ) -> bool:
         job_id = run_job_id(run_id, attempt)
-        return bool(await self.enqueue(RUN_JOB, job_id, run_id, attempt, queue=queue))
+        return bool(
+            await self.enqueue(RUN_JOB, job_id, run_id, attempt, queue=queue, defer_ms=defer_ms)
+        )
 
     def enqueue_run_in(self, pipe: Any, queue: str, run_id: str, attempt: int) -> Any:
         """Queue the run's job into `pipe`; await the result to finish queueing it."""

@@ -111,15 +111,22 @@ async def hand_back_task(engine: Engine, job_id: str) -> None:
 
 
 async def requeue(
-    engine: Engine, run_id: str, attempt: int, message: str, data: dict[str, object], queue: str
+    engine: Engine,
+    run_id: str,
+    attempt: int,
+    message: str,
+    data: dict[str, object],
+    queue: str,
+    *,
+    defer_ms: int = 0,
 ) -> bool:
     """After a reclaim: `worker_lost` under the new attempt, then the new attempt's job (on the
-    run's `queue`)."""
+    run's `queue`, due in `defer_ms`)."""
     try:
         await engine.bus.publish(run_id, EventType.WORKER_LOST, message, attempt=attempt, data=data)
     except _GONE as exc:
         logger.info("run %s not re-enqueued: %s", run_id, exc)
         return False
-    await engine.queue.enqueue_run(queue, run_id, attempt)
+    await engine.queue.enqueue_run(queue, run_id, attempt, defer_ms=defer_ms)
     logger.warning("run %s: %s", run_id, message)
     return True

@@ -41,11 +41,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tidings import codec
 from tidings.errors import Fenced, NotFound, RunFinished, StorageFull
 from tidings.events import EventType
-from tidings.jobs import RUN_JOB, run_job_id
+from tidings.jobs import queue_of, run_job_id
 from tidings.sdk import WorkflowError, registry
 
 from .context import Engine
-from .handback import hand_back_run
+from .handback import hand_back_run, requeue
 from .messages import describe_error
 from .outage import OUTAGE_ERRORS, until_redis
 from .run import RunHandle
@@ -194,19 +194,8 @@ async def _serves_version(handle: RunHandle) -> bool:
         f"{handle.version}: handed back; attempt {new} queued"
     )
     data = {"previous_attempt": attempt, "worker": engine.name, "reason": "version"}
-    try:
-        await engine.bus.publish(run_id, EventType.WORKER_LOST, message, attempt=new, data=data)
-    except _QUIET as exc:
-        logger.info("run %s not re-enqueued: %s", run_id, exc)
-        return False
-    await engine.queue.enqueue(
-        RUN_JOB,
-        run_job_id(run_id, new),
-        run_id,
-        new,
-        queue=engine.keys.queue_for(handle.workflow, handle.version),
-        defer_ms=_VERSION_DEFER_MS,
-    )
+    queue = queue_of(engine.keys, handle)
+    await requeue(engine, run_id, new, message, data, queue, defer_ms=_VERSION_DEFER_MS)
     return False
 
 
