@@ -155,3 +155,21 @@ async def test_the_runs_of_a_registered_worker_without_connections_are_reclaimed
         assert not await redis.hexists(keys.workers, "ghost-worker")
     finally:
         await named.aclose()
+
+
+async def test_a_record_that_cannot_name_a_queue_never_stalls_the_sweep(
+    redis: Redis, keys: Keys, store: RunStore, bus: Bus, settings: Settings
+) -> None:
+    # A record no code of ours writes (hand-edited, or from a foreign writer): its workflow
+    # cannot name a queue. The sweep must recover the other runs all the same, every pass.
+    broken, orphan = [(await store.create("t_steps", {"n": 1})).run_id for _ in range(2)]
+    for rid in (broken, orphan):
+        await bus.publish(rid, EventType.WORKFLOW_STARTED, attempt=1)  # running, no lease
+    await redis.hset(keys.run(broken), "workflow", "no such/queue")
+    engine = Engine.build(settings, redis, name="sweeper-test")
+    sweeper = Sweeper(engine, grace_s=0)
+    assert await sweeper.sweep_pass() == 1
+    assert (await store.get(orphan)).attempt == 2
+    assert (await store.get(broken)).attempt == 1  # left as it is, for a person to look at
+    assert await redis.zscore(keys.lease_deadlines, broken) is None  # and not read again
+    assert await sweeper.sweep_pass() == 0

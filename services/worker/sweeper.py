@@ -56,6 +56,7 @@ import time
 from typing import Any
 
 from tidings.jobs import queue_of_fields, run_job_id
+from tidings.keys import Keys
 
 from .context import Engine
 from .handback import requeue
@@ -196,8 +197,9 @@ class Sweeper:
                     live[rid] = now_ms + pttl
             elif (mine := engine.runs.get(rid)) is not None and mine.attempt == attempt:
                 self._unleased_since.pop(rid, None)  # ours: our lease loop renews it
+            elif (queue := _queue_or_none(keys, rid, workflow, version)) is None:
+                drop.append(rid)  # nothing could ever run it: never read it again
             else:
-                queue = queue_of_fields(keys, workflow, version)
                 unleased.append((rid, attempt, status, queue))
         async with engine.redis.pipeline(transaction=False) as pipe:
             if drop:
@@ -251,8 +253,12 @@ class Sweeper:
             for i, rid in enumerate(ids):
                 lease, (workflow, version) = replies[2 * i], replies[2 * i + 1]
                 holder, _, attempt = (lease or b"").decode().rpartition(" ")
-                if holder in held and attempt.isdigit() and workflow:
-                    queue = queue_of_fields(keys, workflow, version)
+                if (
+                    holder in held
+                    and attempt.isdigit()
+                    and workflow
+                    and (queue := _queue_or_none(keys, rid.decode(), workflow, version))
+                ):
                     value = lease.decode()
                     held[holder].append((rid.decode(), int(attempt), value, "worker_gone", queue))
         idle = [name for name, runs in held.items() if not runs]
@@ -281,6 +287,16 @@ class Sweeper:
                 if await requeue(engine, rid, new, message, data, queue):
                     recovered += 1
         return recovered
+
+
+def _queue_or_none(keys: Keys, run_id: str, workflow: bytes, version: bytes | None) -> str | None:
+    """The run's queue; None, with a warning, for a record whose workflow or version cannot name
+    one (no code of ours writes such a record): one such run must not stall every sweep."""
+    try:
+        return queue_of_fields(keys, workflow, version)
+    except ValueError as exc:
+        logger.warning("run %s cannot be recovered: %s", run_id, exc)
+        return None
 
 
 async def sweep(engine: Engine) -> None:
