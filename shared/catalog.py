@@ -8,8 +8,10 @@ Keys (`tidings.keys`):
   serves that version when it starts (last writer wins: one version is one code, so the entries
   agree), and written back by its renewals if it went missing (a Redis restarted empty). Kept
   when its workers are gone: a queued run of it waits for one, and the catalog still names it
-  (`served: false`).
-- `<ns>:catalog:versions` zset, `<name>:<version>` → when it was FIRST published (ms, `ZADD NX`).
+  (`served: false`); `tidings prune` drops it once no live worker serves it, a newer version
+  was published and nothing is queued or running at it (`tidings.retention`).
+- `<ns>:catalog:versions` zset, `<name>:<version>` → when it was FIRST published (ms, `ZADD NX`);
+  never removed, so a restarted old worker never looks newly published.
 - `<ns>:catalog:serving` zset, `<name>:<version> <worker>` → the worker's deadline (ms). A worker
   renews its entries every `REFRESH_S` to `now + TTL_S` and removes them when it stops; a killed
   worker's entries count until their deadline, then any writer drops them.

@@ -9,7 +9,22 @@ the rest:
 - index entries (`<ns>:runs`, `<ns>:expiring`, `<ns>:active`) whose run record is gone;
 - orphans: per-run keys whose record is gone, and queued arq jobs of runs that are gone;
 - a finished run's key without a TTL while its record has one (written after the run ended by
-  something that neither the publish script nor `Bus.append` covers) gets the record's TTL.
+  something that neither the publish script nor `Bus.append` covers) gets the record's TTL;
+- catalog definitions (`<ns>:catalog`, `tidings.catalog`) of old versions: a `<name>:<version>`
+  goes when no live worker serves it, it is not the newest first-published version of its
+  workflow that has a definition (the version the catalog calls current when none is served),
+  its queue is empty and no unfinished run (as read while walking the indexes) records it. The
+  catalog then names the same current version as before. `<ns>:catalog:versions` keeps every
+  entry: one per version is small, and a restarted old worker must not become current again by
+  looking newly published.
+
+Catalog races. The served and empty-queue tests and the HDEL are one script, so a worker that
+publishes the version at that moment (HSET and its serving entry in one MULTI) either comes
+first and keeps it, or comes after and writes it back; a worker whose entries lapsed writes it
+back at its next renewal (HSETNX, every 5 s). A new run never gets a pruned version (it is not
+current), and a run of it in progress does not need the definition: workers run their own code
+and read no definition, and the gateway reads it only to list workflows and to validate and
+route a new run (by the current version); status, signals, cancel and history never look it up.
 
 An unfinished run is never touched, nor are its keys. Everything is found by walking, in pages:
 the indexes with ZSCAN, the namespace's per-run keys with SCAN, the queue with ZSCAN; a run is
@@ -29,7 +44,7 @@ from arq.constants import in_progress_key_prefix, retry_key_prefix
 from redis.asyncio import Redis
 
 from .events import TERMINAL_STATUSES, now_ms
-from .jobs import job_key
+from .jobs import DEFAULT_VERSION, job_key
 from .keys import Keys
 
 __all__ = ["PruneReport", "prune"]
@@ -50,8 +65,10 @@ class PruneReport:
     orphan_keys: int = 0  # per-run keys whose record was gone
     jobs: int = 0  # queued jobs of runs that are gone
     ttl_fixed: int = 0  # keys of finished runs given their record's TTL
+    # Catalog definitions (`<name>:<version>`) of old versions nothing serves, queues or runs.
+    definitions: list[str] = field(default_factory=list)
     keys: int = 0  # keys removed in all
-    bytes: int = 0  # their MEMORY USAGE
+    bytes: int = 0  # their MEMORY USAGE, plus the removed definitions' lengths
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +86,7 @@ async def prune(
         await pruner.walk_index(index)
     await pruner.walk_run_keys()
     await pruner.walk_queue()
+    await pruner.prune_catalog()
     return report
 
 
@@ -81,6 +99,7 @@ class _Pruner:
         self.seen: set[str] = set()  # run ids judged already (they sit in several indexes)
         self.pruned: set[str] = set()  # finished runs this pass removes
         self.gone: set[str] = set()  # runs without a record now, pruned ones included
+        self.unfinished: set[str] = set()  # `<workflow>:<version>` of every unfinished run seen
 
     # -- the indexes ---------------------------------------------------------------------------
 
@@ -100,14 +119,16 @@ class _Pruner:
     async def _judge(self, ids: list[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid in ids:
-                pipe.hmget(self.keys.run(rid), ["status", "finished_at"])
+                pipe.hmget(self.keys.run(rid), ["status", "finished_at", "workflow", "version"])
             records = await pipe.execute()
         stale: list[str] = []
         old: list[str] = []
-        for rid, (status, finished_at) in zip(ids, records, strict=True):
+        for rid, (status, finished_at, workflow, version) in zip(ids, records, strict=True):
             if status is None:
                 stale.append(rid)
-            elif status in _FINISHED and self._is_old(finished_at):
+            elif status not in _FINISHED:
+                self.unfinished.add(_version_of(workflow, version))
+            elif self._is_old(finished_at):
                 old.append(rid)
         self.report.stale_entries += len(stale)
         self.report.runs += old
@@ -210,6 +231,58 @@ class _Pruner:
                     pipe.zrem(queue, job_id)
                 await pipe.execute()
 
+    # -- the catalog ---------------------------------------------------------------------------
+
+    async def prune_catalog(self) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.hkeys(self.keys.catalog)
+            pipe.zrange(self.keys.catalog_versions, 0, -1, withscores=True)
+            pipe.zrange(self.keys.catalog_serving, 0, -1, withscores=True)
+            (seconds, micros), fields, published, serving = await pipe.execute()
+        now = int(seconds) * 1000 + int(micros) // 1000
+        first = {member.decode(): int(score) for member, score in published}
+        live = {member.decode().partition(" ")[0] for member, ends in serving if ends >= now}
+        by_name: dict[str, list[tuple[str, str]]] = {}  # name -> (field, version)
+        for raw in fields:
+            key = raw.decode()
+            name, _, version = key.rpartition(":")
+            if name:
+                by_name.setdefault(name, []).append((key, version))
+        candidates: list[tuple[str, str]] = []  # (field, its queue)
+        for name, versions in by_name.items():
+            newest = max(versions, key=lambda fv: (first.get(fv[0], 0), fv[1]))[0]
+            for key, version in versions:
+                if key == newest or key in live or key in self.unfinished:
+                    continue
+                try:
+                    candidates.append((key, self.keys.queue_for(name, version)))
+                except ValueError:
+                    continue  # not written by this code (it names no queue): left alone
+        for start in range(0, len(candidates), _PAGE):
+            await self._drop_definitions(candidates[start : start + _PAGE], now)
+
+    async def _drop_definitions(self, batch: list[tuple[str, str]], now: int) -> None:
+        if self.report.dry_run:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, queue in batch:
+                    pipe.zcard(queue)
+                    pipe.hstrlen(self.keys.catalog, key)
+                replies = await pipe.execute()
+            gone = [
+                (key, size)
+                for (key, _), queued, size in zip(batch, replies[::2], replies[1::2], strict=True)
+                if not queued
+            ]
+        else:
+            reply = await self.redis.register_script(_DROP_DEFINITIONS)(
+                keys=[self.keys.catalog, self.keys.catalog_serving, *(q for _, q in batch)],
+                args=[now, *(key for key, _ in batch)],
+            )
+            gone = [(reply[i].decode(), int(reply[i + 1])) for i in range(0, len(reply), 2)]
+        self.report.definitions += [key for key, _ in gone]
+        self.report.bytes += sum(size for _, size in gone)
+
     # -- removing ------------------------------------------------------------------------------
 
     async def _remove(self, candidates: list[str]) -> int:
@@ -227,6 +300,34 @@ class _Pruner:
         if present and not self.report.dry_run:
             await self.redis.unlink(*(key for key, _ in present))
         return len(present)
+
+
+# KEYS[1] the catalog, KEYS[2] its serving zset, KEYS[3..] the candidates' queues. ARGV[1] now
+# (ms, Redis's clock), ARGV[2..] the candidates (`<name>:<version>`) in their queues' order.
+# Returns field, length, field, length... of the definitions removed.
+_DROP_DEFINITIONS = """
+local live = {}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf')) do
+  live[string.match(member, '^[^ ]*')] = true
+end
+local gone = {}
+for i = 2, #ARGV do
+  local key = ARGV[i]
+  if not live[key] and redis.call('ZCARD', KEYS[i + 1]) == 0 then
+    local size = redis.call('HSTRLEN', KEYS[1], key)
+    if redis.call('HDEL', KEYS[1], key) == 1 then
+      table.insert(gone, key)
+      table.insert(gone, size)
+    end
+  end
+end
+return gone
+"""
+
+
+def _version_of(workflow: bytes | None, version: bytes | None) -> str:
+    """`<workflow>:<version>` from a run record's raw fields (no version: `DEFAULT_VERSION`)."""
+    return f"{(workflow or b'').decode()}:{(version or b'').decode() or DEFAULT_VERSION}"
 
 
 def _job_keys(job_ids: Iterable[str]) -> list[str]:

@@ -3,7 +3,8 @@
 It talks to Redis, not to a gateway: pruning is maintenance of the keyspace, and works the same
 whether or not a gateway runs. Without `--older-than` the age is the retention, so it removes
 what Redis would expire anyway, plus anything left behind; with retention 0 (keep forever) and
-no `--older-than` it removes only what was left behind.
+no `--older-than` it removes only what was left behind. Either way it drops the catalog
+definitions of old workflow versions that nothing serves, queues or runs any more.
 """
 
 from __future__ import annotations
@@ -71,12 +72,21 @@ def describe(report: PruneReport) -> str:
         f"{report.stale_entries} stale index entries",
         f"{report.orphan_keys} orphan keys",
         f"{report.jobs} queued jobs of runs gone",
+        _definitions(report.definitions),
     ]
     line = f"{verb} {', '.join(parts)}: {report.keys} keys, {_size(report.bytes)}"
     if report.ttl_fixed:
         fixed = "would get" if report.dry_run else "got"
         line += f"; {report.ttl_fixed} keys of finished runs {fixed} their run's TTL"
     return line
+
+
+def _definitions(names: list[str]) -> str:
+    """The catalog definitions of old versions, named when there are few (`monty:1, monty:2`)."""
+    text = f"{len(names)} catalog definition{'' if len(names) == 1 else 's'} of old versions"
+    if 0 < len(names) <= 10:
+        text += f" ({', '.join(sorted(names))})"
+    return text
 
 
 def _size(n: int) -> str:
