@@ -19,7 +19,7 @@ import { sharedToken, showShared } from "./shared.js";
 import { showSignIn } from "./signin.js";
 import { initStartForm } from "./start-form.js";
 import { tablist } from "./tabs.js";
-import { currentRun, initTrace, refresh as refreshTrace, showRun } from "./trace.js";
+import { currentRun, initTrace, noteStart, refresh as refreshTrace, showRun } from "./trace.js";
 
 let compareIds = [];
 
@@ -113,7 +113,8 @@ function startMonty() {
     btn.disabled = true;
     try {
       const run = await startRun("monty", {});
-      announce(`Monty started: run ${shortId(run.run_id)}`);
+      announce(`Monty started: run ${shortId(run.run_id)}${run.warning ? `. ${run.warning}` : ""}`);
+      if (run.warning) noteStart(run.run_id, run.warning);
       go(`#/runs/${encodeURIComponent(run.run_id)}`);
     } catch (err) {
       announce(`Could not start Monty: ${err.message}`);
@@ -161,7 +162,15 @@ function startApp(session) {
   signedIn(session);
   startMonty();
   initTrace({ announce });
-  initStartForm({ onStarted: (run) => go(`#/runs/${encodeURIComponent(run.run_id)}`) });
+  initStartForm({
+    onStarted: (run) => {
+      if (run.warning) {
+        noteStart(run.run_id, run.warning);
+        announce(`Run ${shortId(run.run_id)} started. ${run.warning}`);
+      }
+      go(`#/runs/${encodeURIComponent(run.run_id)}`);
+    },
+  });
   initRuns({
     onOpen: (id) => go(`#/runs/${encodeURIComponent(id)}`),
     onCompare: (ids) => go(`#/compare/${ids.map(encodeURIComponent).join(",")}`),

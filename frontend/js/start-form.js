@@ -1,5 +1,8 @@
 // "Start a run": pick a workflow, fill the form generated from its input schema (an example is
 // filled in), start it and open its trace. Also the one-click Start Monty of seed 003.
+// A workflow no live worker serves (the catalog's `served` is false) is marked in words, in its
+// option and in a note under the picker: a run of it is accepted but waits in its queue. The
+// catalog is read once per page load, so the mark is as fresh as the page.
 import { startRun, workflows } from "./api.js";
 import { $, h, setText } from "./dom.js";
 import { schemaForm } from "./schema-form.js";
@@ -29,7 +32,7 @@ export function initStartForm({ onStarted }) {
   panel.addEventListener("toggle", () => localStorage.setItem("tidings.startOpen", panel.open ? "1" : "0"));
   workflows().then((list) => {
     catalog = list;
-    for (const wf of list) select.append(h("option", { value: wf.name }, wf.name));
+    for (const wf of list) select.append(h("option", { value: wf.name }, wf.served === false ? `${wf.name} (no worker)` : wf.name));
     const preferred = sessionStorage.getItem("tidings.workflow");
     if (preferred && list.some((w) => w.name === preferred)) select.value = preferred;
     else if (list.some((w) => w.name === "research")) select.value = "research";
@@ -72,6 +75,12 @@ function render() {
   const wf = catalog.find((w) => w.name === $("wf-select").value);
   if (!wf) return;
   setText($("wf-description"), wf.description || "");
+  const unserved = $("wf-unserved");
+  unserved.hidden = wf.served !== false;
+  unserved.replaceChildren(...(unserved.hidden ? [] : [
+    h("strong", {}, "No worker:"),
+    `no live worker serves ${wf.name}${wf.version ? ` version ${wf.version}` : ""} now. A run you start waits in its queue until one starts.`,
+  ]));
   form = schemaForm(wf.input_schema || {}, structuredClone(EXAMPLES[wf.name] || {}));
   $("wf-fields").replaceChildren(...form.els);
   setText($("start-error"), "");

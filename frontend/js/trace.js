@@ -4,9 +4,10 @@
 // Timeline / Input panels. Events arrive through live.js and are folded by trace-model.js; the
 // page repaints at most once a frame. A viewer sees the controls disabled (read-only); Share
 // makes a read-only link to the run. In a shared view (shared.js) the controls are gone and the
-// record is read with the share token (api.js).
+// record is read with the share token (api.js). A start answered with a warning (no live worker
+// serves the workflow) leaves a note on that run's header while the run is still queued.
 import { getRun, signal } from "./api.js";
-import { $, setText } from "./dom.js";
+import { $, h, setText } from "./dom.js";
 import { createLog } from "./event-log.js";
 import { noteRun } from "./feed.js";
 import { dateTime, duration, num, shortId, span } from "./format.js";
@@ -32,6 +33,11 @@ let log;
 let tasks;
 let timeline;
 let sub;
+const startNotes = new Map();
+
+export function noteStart(runId, text) {
+  startNotes.set(runId, text);
+}
 
 export function initTrace(opts) {
   announce = opts.announce;
@@ -201,6 +207,14 @@ function header(m) {
   setText($("t-elapsed"), m.startedAt ? duration(span(m.startedAt, m.finishedAt || (isTerminal(m) ? m.lastTs : ""))) : "");
   setText($("t-viewers"), m.viewers ?? "");
   setText($("t-worker"), m.worker || "");
+  const note = !m.status || m.status === "queued" ? startNotes.get(m.runId) || "" : "";
+  if (!note) startNotes.delete(m.runId);
+  const notice = $("t-notice");
+  if (notice.dataset.note !== note) {
+    notice.dataset.note = note;
+    notice.replaceChildren(...(note ? [h("strong", {}, "Warning:"), note] : []));
+  }
+  notice.hidden = !note;
 }
 
 function setBar(bar, wrap, pct, text) {
