@@ -29,7 +29,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib import resources
 from itertools import groupby
 from typing import Any
@@ -38,10 +38,10 @@ from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from .errors import Fenced, NotFound, RunFinished, StorageFull
 from .events import LIFECYCLE_STATUS, TERMINAL_STATUSES, Event, EventType, now_iso
 from .keys import Keys
 from .log import LogInfo, entry_field, info_of, splice_id
+from .publishing import Outcome, PublishCommand, outcomes_of
 from .settings import Settings
 from .streamid import StreamId, parse_cursor, xrange_after
 
@@ -64,28 +64,6 @@ _TRIM_PER_CALL = 100
 
 logger = logging.getLogger(__name__)
 _READ_PAGE = resources.files(__package__).joinpath("read_page.lua").read_text()
-
-Outcome = bytes | None | Exception  # a script reply for one event, None = not written (checkpoint)
-
-
-@dataclass(frozen=True, slots=True)
-class PublishCommand:
-    """One prepared event: its fields, and its part of the script's arguments."""
-
-    run_id: str
-    attempt: int | None
-    fields: dict[str, Any]  # the Event's fields but id, seq, progress
-    args: list[Any]  # body, progress, status, message, task, n, n field/value pairs
-    uid: str  # a call led by this command is refused as DUPLICATE if it was sent before
-
-    def result(self, reply: bytes) -> Event:
-        """The published event, from the script's "<id> <seq> <progress>" for it."""
-        if not reply:  # DUPLICATE: published by an earlier send, ids unknown
-            return Event.model_construct(**self.fields, id="", seq=0, progress=0.0)
-        entry_id, seq, progress = reply.split()
-        return Event.model_construct(
-            **self.fields, id=entry_id.decode(), seq=int(seq), progress=float(progress)
-        )
 
 
 class Bus:
@@ -246,7 +224,7 @@ class Bus:
                 replies = await pipe.execute(raise_on_error=False)
         outcomes: list[Outcome] = []
         for group, reply in zip(groups, replies, strict=True):
-            outcomes += _outcomes(group, reply)
+            outcomes += outcomes_of(group, reply)
         return outcomes
 
     async def publish_once(
@@ -257,7 +235,7 @@ class Bus:
         One script: fence check, HSETNX, then the publish. Returns None when the field was
         already set (someone committed first: nothing published). Same errors as `publish`.
         """
-        [outcome] = _outcomes(
+        [outcome] = outcomes_of(
             [cmd], await self._call_waiting([cmd], checkpoint=(checkpoint_key, field, value))
         )
         if isinstance(outcome, Exception):
@@ -380,29 +358,3 @@ class Bus:
         (a signal, a task's doorbell) cannot outlive the run. Awaitable; queued into `client`
         (a pipeline) when given."""
         return self._append(keys=[self.keys.run(run_id), key], args=[value], client=client)
-
-
-def _outcomes(group: list[PublishCommand], reply: Any) -> list[Outcome]:
-    """Per event of a script call: its "<id> <seq> <progress>", None, or its error."""
-    run_id = group[0].run_id
-    if isinstance(reply, OutOfMemoryError):
-        full = StorageFull(f"storage is full: Redis refused to record run {run_id}'s events")
-        return [full] * len(group)
-    if isinstance(reply, ResponseError):
-        if str(reply).startswith("DUPLICATE"):
-            return [b""] * len(group)
-        error = _domain_error(run_id, str(reply))
-        return [error] * len(group)
-    if not reply:  # the checkpoint was already set: nothing written
-        return [None] * len(group)
-    return [_domain_error(run_id, r.decode()) if r.startswith(b"FINISHED") else r for r in reply]
-
-
-def _domain_error(run_id: str, reply: str) -> Exception:
-    if reply.startswith("NOTFOUND"):
-        return NotFound(f"no run {run_id!r}")
-    if reply.startswith("FENCED"):
-        return Fenced(f"run {run_id} is now on attempt {reply.split()[-1]}")
-    if reply.startswith("FINISHED"):
-        return RunFinished(f"run {run_id} has already {reply.split()[-1]}")
-    return RuntimeError(reply)
