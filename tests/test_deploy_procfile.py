@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from tests.conftest import ROOT, Processes
 from tests.engine_helpers import until
@@ -107,32 +108,45 @@ async def _stop(processes: Processes, honcho: subprocess.Popen[bytes]) -> str:
 async def _runs_state(redis: Redis, run_ids: list[str]) -> dict[str, list[str]]:
     """Run ids by state: completed; queued with its job (on the run's own queue: its workflow's,
     at its version); held (a lease: a worker has it); anything else is stranded."""
-    async with redis.pipeline(transaction=True) as pipe:
-        for rid in run_ids:
-            pipe.hgetall(KEYS.run(rid))
-            pipe.get(KEYS.lease(rid))
-        replies = await pipe.execute()
     state: dict[str, list[str]] = {"completed": [], "queued": [], "held": [], "stranded": []}
-    for i, rid in enumerate(run_ids):
-        raw, lease = replies[2 * i], replies[2 * i + 1]
-        if not raw:
-            state["stranded"].append(f"{rid}: no record")
-            continue
-        run = RunRecord.from_hash(rid, raw)
-        job = run_job_id(rid, run.attempt)
-        if run.status == "completed":
-            state["completed"].append(rid)
-        elif (
-            run.status == "queued"
-            and await redis.zscore(queue_of(KEYS, run), job) is not None
-            and await redis.exists(job_key(job))
-        ):
-            state["queued"].append(rid)
-        elif lease is not None and not lease.startswith(b"- "):
-            state["held"].append(rid)
-        else:
-            state["stranded"].append(f"{rid}: {run.status} attempt {run.attempt} lease {lease!r}")
+    for rid in run_ids:
+        kind, detail = await _run_state(redis, rid)
+        state[kind].append(rid if kind != "stranded" else f"{rid}: {detail}")
     return state
+
+
+async def _run_state(redis: Redis, rid: str) -> tuple[str, str]:
+    """One run's state, its record, lease, queue entry and job key read as of one moment.
+
+    Read one after the other, a worker claiming the job in between (its queue entry gone, its
+    lease not yet read as the worker's) would make a healthy run look stranded, so the reads
+    are one transaction, retried should the run's record, lease or queue change meanwhile."""
+    while True:
+        async with redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(KEYS.run(rid), KEYS.lease(rid))
+                raw = await pipe.hgetall(KEYS.run(rid))
+                if not raw:
+                    return "stranded", "no record"
+                run = RunRecord.from_hash(rid, raw)
+                queue, job = queue_of(KEYS, run), run_job_id(rid, run.attempt)
+                await pipe.watch(queue, job_key(job))
+                pipe.multi()
+                pipe.hgetall(KEYS.run(rid))
+                pipe.get(KEYS.lease(rid))
+                pipe.zscore(queue, job)
+                pipe.exists(job_key(job))
+                raw, lease, score, job_exists = await pipe.execute()
+            except WatchError:
+                continue
+        run = RunRecord.from_hash(rid, raw)
+        if run.status == "completed":
+            return "completed", ""
+        if run.status == "queued" and score is not None and job_exists:
+            return "queued", ""
+        if lease is not None and not lease.startswith(b"- "):
+            return "held", ""
+        return "stranded", f"{run.status} attempt {run.attempt} lease {lease!r}"
 
 
 async def test_procfile_scales_gateways_and_stops_cleanly_mid_burst(
