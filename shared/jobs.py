@@ -102,12 +102,14 @@ RUN_JOB_PREFIX = "run:"
 TASK_JOB_PREFIX = "task:"
 
 
-def run_job_id(run_id: str, attempt: int) -> str:
-    return f"{RUN_JOB_PREFIX}{run_id}:{attempt}"
+def run_job_id(run_id: str, attempt: int, tag: str = "") -> str:
+    """A run attempt's job id; `tag` is the run's bucket tag in a cluster (`Keys.run_tag`), so
+    arq's job keys share their queue's slot."""
+    return f"{RUN_JOB_PREFIX}{tag}{run_id}:{attempt}"
 
 
-def task_job_id(run_id: str, task_id: str, attempt: int, try_: int) -> str:
-    return f"{TASK_JOB_PREFIX}{run_id}:{task_id}:{attempt}.{try_}"
+def task_job_id(run_id: str, task_id: str, attempt: int, try_: int, tag: str = "") -> str:
+    return f"{TASK_JOB_PREFIX}{tag}{run_id}:{task_id}:{attempt}.{try_}"
 
 
 def signal_doorbell(run_id: str) -> str:

@@ -55,18 +55,58 @@ the run's workflow version (`queue_for`); a worker serves the queues of the vers
 from __future__ import annotations
 
 import re
+from binascii import crc_hqx
+from functools import cache
 
 from .errors import NotFound
 
-__all__ = ["SCHEMA_VERSION", "Keys", "check_run_id", "check_version"]
+__all__ = [
+    "CLUSTER_BUCKETS",
+    "SCHEMA_VERSION",
+    "Keys",
+    "bucket_tag",
+    "check_run_id",
+    "check_version",
+    "key_slot",
+]
 
 SCHEMA_VERSION = 2
+# How many buckets a cluster keyspace spreads its runs over (module docstring, "Cluster").
+CLUSTER_BUCKETS = 16
+_SLOTS = 16384
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CLIENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 # The registry's rules (tidings.sdk.registry): a queue's name holds both, nothing may break out.
 _WORKFLOW = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _VERSION = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between
+    the first `{` and the next `}`, when not empty) or of the whole key, modulo 16384."""
+    raw = key.encode() if isinstance(key, str) else key
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return crc_hqx(raw, 0) % _SLOTS
+
+
+@cache
+def bucket_tag(bucket: int, buckets: int) -> str:
+    """The hash tag of `bucket` of `buckets`, braces included: `{<bucket>.<n>}` with the
+    smallest `n` whose slot falls in the bucket's even share of the 16384 slots. A cluster
+    whose primaries own contiguous slot ranges (how they are assigned) so gets the buckets
+    spread evenly over its primaries, and no two buckets share a slot."""
+    if not 0 <= bucket < buckets <= _SLOTS:
+        raise ValueError(f"bucket {bucket} of {buckets}")
+    low, high = bucket * _SLOTS // buckets, (bucket + 1) * _SLOTS // buckets
+    n = 0
+    while not low <= key_slot(f"{{{bucket}.{n}}}") < high:
+        n += 1
+    return f"{{{bucket}.{n}}}"
 
 
 def check_run_id(run_id: str) -> str:
@@ -86,56 +126,154 @@ def check_version(version: str) -> str:
 class Keys:
     """Names for one namespace. Cheap to build; build one per process and pass it around."""
 
-    __slots__ = (
-        "active",
-        "expiring",
-        "ns",
-        "queue_prefix",
-        "runs",
-        "runs_channel",
-        "schema",
-        "wake_channel",
-    )
+    __slots__ = ("_global", "_tags", "buckets", "ns", "queue_prefix", "schema")
 
-    def __init__(self, namespace: str = "tidings") -> None:
+    def __init__(self, namespace: str = "tidings", *, buckets: int = 0) -> None:
+        """`buckets` 0: a single Redis's keyspace; N: a cluster keyspace of N buckets."""
+        if not 0 <= buckets <= 1024:
+            raise ValueError(f"buckets {buckets}: 0 (a single Redis) to 1024")
         self.ns = namespace
-        self.schema = f"{namespace}:schema"
-        self.runs = f"{namespace}:runs"
-        self.active = f"{namespace}:active"
-        self.expiring = f"{namespace}:expiring"
+        self.buckets = buckets
+        self._tags = [bucket_tag(b, buckets) for b in range(buckets)] or [""]
+        # Keys of the namespace that belong to no run, bucket or client: one slot in a cluster.
+        self._global = f"{namespace}:{{g}}" if buckets else namespace
+        self.schema = f"{self._global}:schema"
         self.queue_prefix = f"{namespace}:queue:"
-        self.runs_channel = f"{namespace}:runs"
-        self.wake_channel = f"{namespace}:wake"
 
-    def queue_for(self, workflow: str, version: str) -> str:
-        """The job queue of one workflow version, `<ns>:queue:<workflow>:<version>` (zset in arq's
-        format; schema 1 had one queue). ValueError for a name or version that could break out."""
+    # -- buckets: where a run's keys live in a cluster -----------------------------------------
+
+    @property
+    def clustered(self) -> bool:
+        return self.buckets > 0
+
+    @property
+    def bucket_ids(self) -> range:
+        """Every bucket: a loop over them visits every index, queue and channel of its kind."""
+        return range(len(self._tags))
+
+    def bucket(self, run_id: str) -> int:
+        """The bucket a run's keys, its index entries and its jobs live in (0 on a single Redis)."""
+        if not self.buckets:
+            return 0
+        return crc_hqx(run_id.encode(), 0) % self.buckets
+
+    def tag(self, bucket: int) -> str:
+        """A bucket's hash tag, braces included ('' on a single Redis)."""
+        return self._tags[bucket]
+
+    def run_tag(self, run_id: str) -> str:
+        """The hash tag of a run's bucket ('' on a single Redis)."""
+        return self._tags[self.bucket(run_id)] if self.buckets else ""
+
+    def _in(self, name: str, bucket: int) -> str:
+        return f"{self.ns}:{name}:{self._tags[bucket]}" if self.buckets else f"{self.ns}:{name}"
+
+    # -- per-bucket indexes and channels (one of each on a single Redis) -----------------------
+
+    def runs_in(self, bucket: int) -> str:
+        """Zset: the bucket's runs by creation time (ms): history."""
+        return self._in("runs", bucket)
+
+    def active_in(self, bucket: int) -> str:
+        """Zset: the bucket's runs not yet finished."""
+        return self._in("active", bucket)
+
+    def expiring_in(self, bucket: int) -> str:
+        """Zset: the bucket's finished runs by when their keys expire (ms)."""
+        return self._in("expiring", bucket)
+
+    def lease_deadlines_in(self, bucket: int) -> str:
+        """Zset: run id → when its lease lapses (ms, Redis clock), written with every grant and
+        renewal of a run lease; a sweep reads only the entries that fell due (`tidings.services.
+        worker.sweeper` says what each entry means)."""
+        return self._in("lease_deadlines", bucket)
+
+    def runs_channel_in(self, bucket: int) -> str:
+        """Channel: lifecycle summaries of the bucket's runs."""
+        return self._in("runs", bucket)
+
+    def wake_channel_in(self, bucket: int) -> str:
+        """Channel: the doorbell of the bucket's queues and runs."""
+        return self._in("wake", bucket)
+
+    def runs_of(self, run_id: str) -> str:
+        return self.runs_in(self.bucket(run_id))
+
+    def active_of(self, run_id: str) -> str:
+        return self.active_in(self.bucket(run_id))
+
+    def expiring_of(self, run_id: str) -> str:
+        return self.expiring_in(self.bucket(run_id))
+
+    def lease_deadlines_of(self, run_id: str) -> str:
+        return self.lease_deadlines_in(self.bucket(run_id))
+
+    def runs_channel_of(self, run_id: str) -> str:
+        return self.runs_channel_in(self.bucket(run_id))
+
+    def wake_channel_of(self, run_id: str) -> str:
+        return self.wake_channel_in(self.bucket(run_id))
+
+    def _single(self, name: str) -> str:
+        if self.buckets:
+            raise AssertionError(f"a cluster keyspace has one {name} per bucket: use {name}_in")
+        return f"{self.ns}:{name}"
+
+    @property
+    def runs(self) -> str:
+        """A single Redis's history index (`runs_in(0)`)."""
+        return self._single("runs")
+
+    @property
+    def active(self) -> str:
+        return self._single("active")
+
+    @property
+    def expiring(self) -> str:
+        return self._single("expiring")
+
+    @property
+    def lease_deadlines(self) -> str:
+        return self._single("lease_deadlines")
+
+    @property
+    def runs_channel(self) -> str:
+        return self._single("runs")
+
+    @property
+    def wake_channel(self) -> str:
+        return self._single("wake")
+
+    def queue_for(self, workflow: str, version: str, bucket: int = 0) -> str:
+        """The job queue of one workflow version (in one bucket), `<ns>:queue:<workflow>:<version>`
+        (a cluster's: `<ns>:queue:<tag>:<workflow>:<version>`; zset in arq's format; schema 1 had
+        one queue). ValueError for a name or version that could break out."""
         if not _WORKFLOW.fullmatch(workflow):
             raise ValueError(f"workflow name {workflow!r} cannot name a queue")
-        return f"{self.queue_prefix}{workflow}:{check_version(version)}"
+        tag = f"{self._tags[bucket]}:" if self.buckets else ""
+        return f"{self.queue_prefix}{tag}{workflow}:{check_version(version)}"
+
+    def queues_for(self, workflow: str, version: str) -> list[str]:
+        """The queues of one workflow version, one per bucket: what a worker serving it polls."""
+        return [self.queue_for(workflow, version, b) for b in self.bucket_ids]
 
     def queue_pattern(self) -> str:
         """A SCAN pattern matching every job queue of the namespace."""
         return f"{self.queue_prefix}*"
 
     @property
-    def lease_deadlines(self) -> str:
-        """Run id → when its lease lapses (ms, Redis clock), written with every grant and renewal
-        of a run lease; a sweep reads only the entries that fell due (`tidings.services.worker.
-        sweeper` says what each entry means)."""
-        return f"{self.ns}:lease_deadlines"
-
-    @property
     def workers(self) -> str:
         """Hash: worker name → when it last (re)connected (ms). Whom CLIENT LIST is asked about."""
-        return f"{self.ns}:workers"
+        return f"{self._global}:workers"
 
     @property
     def sweep_lock(self) -> str:
         """The worker sweeping now: one sweep at a time across the pool (short TTL, renewed)."""
-        return f"{self.ns}:lock:sweep"
+        return f"{self._global}:lock:sweep"
 
     def run(self, run_id: str) -> str:
+        if self.buckets:
+            return f"{self.ns}:run:{self.run_tag(run_id)}:{run_id}"
         return f"{self.ns}:run:{{{run_id}}}"
 
     def events(self, run_id: str) -> str:
@@ -163,7 +301,8 @@ class Keys:
         return f"{self.run(run_id)}:tlease:{task_id}"
 
     def run_channel(self, run_id: str) -> str:
-        """The run's pub/sub channel (same spelling as its hash; channels are a separate space)."""
+        """The run's pub/sub channel (same spelling as its hash; channels are a separate space,
+        but a cluster's sharded channels live in slots as keys do: the run's, here)."""
         return self.run(run_id)
 
     def compat_definition(self, definition_id: str) -> str:
@@ -175,17 +314,17 @@ class Keys:
     @property
     def catalog(self) -> str:
         """Hash: `<name>:<version>` → the workflow's definition (JSON: description, schema)."""
-        return f"{self.ns}:catalog"
+        return f"{self._global}:catalog"
 
     @property
     def catalog_versions(self) -> str:
         """Zset: `<name>:<version>` → when a worker first published it (ms)."""
-        return f"{self.ns}:catalog:versions"
+        return f"{self._global}:catalog:versions"
 
     @property
     def catalog_serving(self) -> str:
         """Zset: `<name>:<version> <worker>` → until when that worker serves it (ms)."""
-        return f"{self.ns}:catalog:serving"
+        return f"{self._global}:catalog:serving"
 
     def run_keys(self, run_id: str) -> list[str]:
         """Every key a run owns except task leases (whose names hold task ids): what retention
@@ -207,17 +346,22 @@ class Keys:
         return f"{self.ns}:run:{{*}}*"
 
     def run_id_from_key(self, key: str) -> str | None:
-        """The run id in a per-run key's hash tag, None for a key that is not one."""
+        """The run id of a per-run key, None for a key that is not one."""
         prefix = f"{self.ns}:run:{{"
         if not key.startswith(prefix):
             return None
-        run_id, sep, _ = key[len(prefix) :].partition("}")
-        return run_id if sep else None
+        inside, sep, rest = key[len(prefix) :].partition("}")
+        if not sep:
+            return None
+        if not self.buckets:
+            return inside
+        run_id = rest[1:].partition(":")[0] if rest.startswith(":") else ""
+        return run_id if run_id and self.run_tag(run_id) == f"{{{inside}}}" else None
 
     def run_id_from_channel(self, channel: str) -> str:
-        prefix = f"{self.ns}:run:{{"
-        assert channel.startswith(prefix) and channel.endswith("}"), channel
-        return channel[len(prefix) : -1]
+        run_id = self.run_id_from_key(channel)
+        assert run_id is not None and self.run_channel(run_id) == channel, channel
+        return run_id
 
     # -- the gateway's per-client limits and viewer presence ---------------------------------
 
@@ -226,7 +370,10 @@ class Keys:
         return f"{self.run(run_id)}:viewers"
 
     def run_affixes(self) -> tuple[str, str]:
-        """What goes before and after a run id in its hash's name (for scripts that build it)."""
+        """What goes before and after a run id in its hash's name (for scripts that build it;
+        a single Redis's only: a cluster's run keys are named by their bucket)."""
+        if self.buckets:
+            raise AssertionError("a cluster keyspace's run keys are named by bucket, not affixes")
         head, _, tail = self.run("\0").partition("\0")
         return head, tail
 
@@ -250,23 +397,23 @@ class Keys:
     @property
     def stream_runs(self) -> str:
         """Runs a seed stream started, scored by when they count as orphaned (ms)."""
-        return f"{self.ns}:stream_runs"
+        return f"{self._global}:stream_runs"
 
     @property
     def stream_run_ends(self) -> str:
         """The same runs, scored by when they have run for their longest (ms)."""
-        return f"{self.ns}:stream_runs:ends"
+        return f"{self._global}:stream_runs:ends"
 
     @property
     def stream_runs_lock(self) -> str:
-        return f"{self.ns}:lock:stream_runs"
+        return f"{self._global}:lock:stream_runs"
 
     # -- `tidings migrate` (tidings.migrate) -------------------------------------------------
 
     @property
     def migrate_lock(self) -> str:
         """Held by the one `tidings migrate` at work on the namespace (TTL, renewed)."""
-        return f"{self.ns}:lock:migrate"
+        return f"{self._global}:lock:migrate"
 
     @property
     def schema1_queue(self) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .keys import CLUSTER_BUCKETS, Keys
+
 __all__ = ["ROLES", "Settings", "cluster_refusal", "parse_auth_tokens", "parse_duration"]
 
 _PREFIX = "TIDINGS_"
@@ -86,8 +88,8 @@ class Settings(BaseModel):
     )
     redis_cluster: bool = Field(
         False,
-        description="`REDIS_URL` is one node of a Redis/Valkey Cluster. Not supported by this "
-        "version yet: a gateway or worker refuses to start with it.",
+        description="`REDIS_URL` is one node of a Redis/Valkey Cluster: the keyspace is "
+        "bucketed so every script stays in one slot, and events go over sharded pub/sub.",
     )
     namespace: str = Field(
         "tidings", pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of every key and channel."
@@ -286,6 +288,10 @@ class Settings(BaseModel):
                 except ValueError:
                     raise ValueError(f"entry {n} is not an address or a CIDR") from None
         return value
+
+    def keys(self) -> Keys:
+        """The namespace's key names: a cluster's keyspace is bucketed (`Keys`)."""
+        return Keys(self.namespace, buckets=CLUSTER_BUCKETS if self.redis_cluster else 0)
 
     @property
     def auth_pairs(self) -> list[tuple[str, str]]:

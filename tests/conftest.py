@@ -3,6 +3,10 @@
 Redis: one embedded Valkey per session (or `TIDINGS_TEST_REDIS_URL`). Each test gets its own
 namespace, so tests never see each other's keys and nothing is ever flushed wholesale; the
 namespace's keys are deleted when the test ends.
+
+`TIDINGS_TEST_CLUSTER=1` runs the same fixtures on a local Valkey Cluster instead (three
+primaries of the embedded binary, one per session): settings, keys, clients and the processes
+tests start are then in cluster mode (`tests/test_cluster_e2e.py` runs the core suites so).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from tidings.bus import Bus
 from tidings.catalog import RegistryWorkflows
 from tidings.control import Control
 from tidings.embedded import EmbeddedValkey
+from tidings.embedded_cluster import EmbeddedCluster
 from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.runs import RunStore
@@ -34,8 +39,18 @@ from tidings.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+CLUSTER = os.environ.get("TIDINGS_TEST_CLUSTER", "") not in ("", "0")
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
+    if CLUSTER:
+        with (
+            tempfile.TemporaryDirectory(prefix="tidings-test-cluster-") as tmp,
+            EmbeddedCluster(tmp, primaries=3, replicas=0) as cluster,
+        ):
+            yield cluster.url
+        return
     url = os.environ.get("TIDINGS_TEST_REDIS_URL")
     if url:
         yield url
@@ -56,23 +71,39 @@ def namespace() -> str:
 
 @pytest.fixture
 def settings(redis_url: str, namespace: str) -> Settings:
-    return Settings(redis_url=redis_url, namespace=namespace)
+    return Settings(redis_url=redis_url, namespace=namespace, redis_cluster=CLUSTER)
 
 
 @pytest.fixture
-def keys(namespace: str) -> Keys:
-    return Keys(namespace)
+def keys(settings: Settings) -> Keys:
+    return settings.keys()
 
 
 @pytest.fixture
 async def redis(redis_url: str, namespace: str) -> AsyncIterator[Redis]:
-    client = connect(redis_url)
+    client = connect(redis_url, cluster=CLUSTER)
     try:
         yield client
     finally:
-        async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-            await client.delete(key)
+        await delete_namespace(client, namespace)
         await client.aclose()
+
+
+async def delete_namespace(client: Redis, namespace: str) -> None:
+    """Delete every key of `namespace`, on each primary of a cluster."""
+    nodes: list[Redis] = []
+    if isinstance(client, RedisCluster):
+        nodes = [Redis(host=node.host, port=node.port) for node in client.get_primaries()]
+    else:
+        nodes = [client]
+    try:
+        for node in nodes:
+            async for key in node.scan_iter(match=f"{namespace}:*", count=1000):
+                await node.delete(key)
+    finally:
+        for node in nodes:
+            if node is not client:
+                await node.aclose()
 
 
 @pytest.fixture
@@ -165,6 +196,8 @@ def settings_env(settings: Settings) -> Callable[..., dict[str, str]]:
 
     def make(**extra: object) -> dict[str, str]:
         env = {"REDIS_URL": settings.redis_url or "", "TIDINGS_NAMESPACE": settings.namespace}
+        if settings.redis_cluster:
+            env["TIDINGS_REDIS_CLUSTER"] = "true"
         env.update({f"TIDINGS_{k.upper()}": str(v) for k, v in extra.items()})
         return env
 
