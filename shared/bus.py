@@ -8,6 +8,13 @@ commands of the same run and attempt into one script call each, all in one pipel
 `publish_once` adds a checkpoint (HSETNX) to the same script, so a step's result and its
 `task_completed` are committed together and only once.
 
+Every key and channel a call touches is in the run's slot (`tidings.keys`): the run's own, and
+its bucket's indexes (`active_of`, `expiring_of`, `runs_of`) and lifecycle channel
+(`runs_channel_of`); the script publishes with the keyspace's command (`publish_command`:
+SPUBLISH in a cluster). A cluster client pipelines no scripts (redis-py refuses), so there a
+batch of several runs goes as one script call at a time per run, in order, the runs side by
+side; each call is still one run's.
+
 Bodies are built as plain dicts and encoded once; an `Event` model is only made for a caller that
 asks for the result. A batch refused as DUPLICATE (the client library resent it after a dropped
 connection, and the first send had landed) counts as published, with ids unknown.
@@ -41,7 +48,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 from .events import LIFECYCLE_STATUS, TERMINAL_STATUSES, Event, EventType, now_iso
 from .keys import Keys
 from .log import LogInfo, entry_field, info_of, splice_id
-from .publishing import Outcome, PublishCommand, outcomes_of
+from .publishing import Outcome, PublishCommand, outcomes_of, publish_command
 from .settings import Settings
 from .streamid import StreamId, parse_cursor, xrange_after
 
@@ -51,12 +58,14 @@ _SCRIPT = resources.files(__package__).joinpath("publish.lua").read_text()
 # The same script, allowed to run when Redis is at its memory cap.
 _SCRIPT_PAST_CAP = "#!lua flags=allow-oom\n" + _SCRIPT
 _ENDING = frozenset(status.value for status in TERMINAL_STATUSES)
-# KEYS: run hash, one of its lists. ARGV: value. 0 when the run is gone (nothing written).
+# KEYS: run hash, one of its lists. ARGV: value, then optionally the publish command, a channel
+# of the run's slot and a message (the doorbell). 0 when the run is gone (nothing written).
 _APPEND = """
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl == -2 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if ARGV[2] then redis.call(ARGV[2], ARGV[3], ARGV[4]) end
 return 1
 """
 # Due history entries a terminal publish drops (bounded work per call; it keeps up as runs end).
@@ -89,6 +98,7 @@ class Bus:
         self._append = redis.register_script(_APPEND)
         self._read_page = redis.register_script(_READ_PAGE)
         self.max_event_bytes = max_event_bytes
+        self._publish = publish_command(keys)
 
     @classmethod
     def from_settings(
@@ -217,6 +227,8 @@ class Bus:
         groups = [list(g) for _, g in groupby(commands, key=lambda c: (c.run_id, c.attempt))]
         if len(groups) == 1:
             replies: list[Any] = [await self._call_waiting(groups[0], allow_oom=allow_oom)]
+        elif self.keys.clustered:
+            replies = await self._call_by_run(groups)
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for group in groups:
@@ -226,6 +238,21 @@ class Bus:
         for group, reply in zip(groups, replies, strict=True):
             outcomes += outcomes_of(group, reply)
         return outcomes
+
+    async def _call_by_run(self, groups: list[list[PublishCommand]]) -> list[Any]:
+        """The replies of `groups` (a cluster's batch of several runs): each run's calls in
+        order, one after the other, the runs side by side (their calls go to their own nodes)."""
+        by_run: dict[str, list[int]] = {}
+        for at, group in enumerate(groups):
+            by_run.setdefault(group[0].run_id, []).append(at)
+        replies: list[Any] = [None] * len(groups)
+
+        async def run_calls(ats: list[int]) -> None:
+            for at in ats:
+                replies[at] = await self._call(groups[at])
+
+        await asyncio.gather(*(run_calls(ats) for ats in by_run.values()))
+        return replies
 
     async def publish_once(
         self, cmd: PublishCommand, checkpoint_key: str, field: str, value: str
@@ -278,10 +305,10 @@ class Bus:
         keys = [
             self.keys.run(run_id),
             self.keys.events(run_id),
-            self.keys.active,
+            self.keys.active_of(run_id),
             ckey,
-            self.keys.expiring,
-            self.keys.runs,
+            self.keys.expiring_of(run_id),
+            self.keys.runs_of(run_id),
         ]
         if self.retention_ms and any(cmd.args[2] in _ENDING for cmd in group):
             keys += [k for k in self.keys.run_keys(run_id) if k not in keys]
@@ -289,7 +316,7 @@ class Bus:
             "" if first.attempt is None else str(first.attempt),
             self.maxlen,
             self.keys.run_channel(run_id),
-            self.keys.runs_channel,
+            self.keys.runs_channel_of(run_id),
             now_iso(),
             first.uid,
             run_id,
@@ -297,6 +324,7 @@ class Bus:
             cvalue,
             self.retention_ms,
             _TRIM_PER_CALL,
+            self._publish,
         ]
         for cmd in group:
             argv += cmd.args
@@ -352,9 +380,22 @@ class Bus:
             return LogInfo(0, None, None, 0)
         return info_of(info)
 
-    def append(self, run_id: str, key: str, value: str, *, client: Any = None) -> Any:
+    def append(
+        self,
+        run_id: str,
+        key: str,
+        value: str,
+        *,
+        client: Any = None,
+        doorbell: str | None = None,
+    ) -> Any:
         """RPUSH `value` to `key`, one of the run's lists, unless the run is gone; a list that
         the push creates after the run ended takes the run's remaining TTL, so a late write
-        (a signal, a task's doorbell) cannot outlive the run. Awaitable; queued into `client`
-        (a pipeline) when given."""
-        return self._append(keys=[self.keys.run(run_id), key], args=[value], client=client)
+        (a signal, a task's doorbell) cannot outlive the run. With `doorbell`, the same script
+        then publishes it on the wake channel of the run's bucket (`wake_channel_of`, in the
+        run's slot). Awaitable (1 written, 0 the run is gone); queued into `client` (a pipeline
+        of a single Redis: a cluster client pipelines no scripts) when given."""
+        args = [value]
+        if doorbell is not None:
+            args += [self._publish, self.keys.wake_channel_of(run_id), doorbell]
+        return self._append(keys=[self.keys.run(run_id), key], args=args, client=client)

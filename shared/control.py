@@ -6,8 +6,12 @@ Decisions:
   (the worker's pydantic model applies defaults and what a schema cannot say when the run
   starts); given a `RegistryWorkflows`, the pydantic model validates and its JSON dump is stored.
   The run is routed to the workflow's current version (`version` on its record), and the record
-  and the first job are written in ONE MULTI (`RunStore.create(also=…)`): a run is never left
-  queued without a job. A version no live worker serves is still queued: it waits for one.
+  and the first job are written by ONE script over the run's slot (`RunStore.create(job_queue=
+  …)`): a run is never left queued without a job. A version no live worker serves is still
+  queued: it waits for one.
+- Every write for one run is in the run's slot: the signal is appended and the doorbell of the
+  run's bucket rung (`wake_channel_of`) by one script (`Bus.append(doorbell=…)`), and the
+  record and signal list a pause or resume is judged by are read by one script too.
 - `signal` accepts exactly `stop | pause | resume | cancel | message`; any other name is
   `InvalidInput` (422) because the name is part of the request, not a resource that may exist.
   Transitions: stop, cancel and message any unfinished run; pause an unfinished run not asked
@@ -26,7 +30,11 @@ Decisions:
   repeated pause or resume, which the fold makes harmless.)
 - Cancelling a run that no worker has started yet ends it here (`workflow_cancelled`, fenced by
   the attempt we saw): a cancelled run must not wait for a free worker to notice.
-- `list_runs` pages newest first; the cursor is `<created ms>:<run id>`, exclusive.
+- `list_runs` pages newest first; the cursor is `<created ms>:<run id>`, exclusive. The order
+  is (created ms, run id), both descending, over every bucket's history index (`runs_in`):
+  each round reads a slice of every bucket in one non-transactional pipeline and keeps the
+  merged entries down to the highest last entry of a full slice (beyond it a bucket may hold
+  newer runs not read yet). A single Redis has one bucket: the old single index, read as before.
   An index entry whose record is gone (expired) is skipped and removed from the indexes.
 """
 
@@ -51,7 +59,7 @@ from .errors import (
     RunFinished,
 )
 from .events import Event, EventType, RunStatus
-from .jobs import JobQueue, job_key, queue_of, run_job_id, signal_doorbell
+from .jobs import job_key, queue_of, run_job_id, signal_doorbell
 from .keys import Keys, check_run_id
 from .runs import RunRecord, RunStore
 from .settings import Settings
@@ -71,6 +79,10 @@ _ALLOWED: dict[str, frozenset[RunStatus]] = {
 _PAUSE_RESUME = frozenset({"pause", "resume"})
 SIGNAL_NAMES = tuple(_ALLOWED)
 _PAGE_SCAN = 200
+# KEYS: run hash, its signal list. The record (flat HGETALL) and the list at one moment.
+_RECORD_AND_SIGNALS = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
 
 
 class Control:
@@ -88,7 +100,7 @@ class Control:
         self.settings = settings
         self.workflows: WorkflowSource = workflows or Catalog(redis, keys)
         self.store = RunStore(redis, keys)
-        self.queue = JobQueue(redis, keys)
+        self._record_and_signals = redis.register_script(_RECORD_AND_SIGNALS)
         # One lock per run being signalled; a run's entry goes when no request holds it.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -105,12 +117,12 @@ class Control:
         `owner`: the client that started it (the gateway's client id, never a credential)."""
         self._check_size("input", input)
         prepared = await self.prepare(workflow, input)
-        queue = self.keys.queue_for(workflow, prepared.version)
         return await self.store.create(
             workflow,
             prepared.input,
             run_id=run_id,
-            also=lambda pipe, rid: self.queue.enqueue_run_in(pipe, queue, rid, 1),
+            job_queue=(workflow, prepared.version),
+            also=None,
             version=prepared.version,
             **({"owner": owner} if owner else {}),
         )
@@ -143,14 +155,14 @@ class Control:
                 data={"signal": name, "payload": body},
             )
             entry = {"name": name, "payload": body, "id": event.id, "ts": event.ts}
-            async with self.redis.pipeline(transaction=False) as pipe:
-                # Through `Bus.append`: should the run end meanwhile, a signal list it creates
-                # expires with the run.
-                await self.bus.append(
-                    run_id, self.keys.signals(run_id), codec.dumps_str(entry), client=pipe
-                )
-                pipe.publish(self.keys.wake_channel, signal_doorbell(run_id))
-                await pipe.execute()
+            # Through `Bus.append`: should the run end meanwhile, a signal list it creates
+            # expires with the run.
+            await self.bus.append(
+                run_id,
+                self.keys.signals(run_id),
+                codec.dumps_str(entry),
+                doorbell=signal_doorbell(run_id),
+            )
         if name == "cancel" and record.status is RunStatus.QUEUED:
             await self._cancel_queued(record)
         return event
@@ -174,14 +186,13 @@ class Control:
             if record.status not in allowed:
                 raise Conflict(f"cannot {name} run {run_id}: it is {record.status.value}")
             return record
-        # The record and the signal list read in one MULTI: one consistent moment.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(self.keys.run(run_id))
-            pipe.lrange(self.keys.signals(run_id), 0, -1)
-            raw_hash, raw_signals = await pipe.execute()
-        if not raw_hash:
+        # The record and the signal list read by one script: one consistent moment.
+        flat, raw_signals = await self._record_and_signals(
+            keys=[self.keys.run(run_id), self.keys.signals(run_id)]
+        )
+        if not flat:
             raise NotFound(f"no run {run_id!r}")
-        record = RunRecord.from_hash(run_id, raw_hash)
+        record = RunRecord.from_hash(run_id, dict(zip(flat[::2], flat[1::2], strict=True)))
         if record.status not in allowed:
             raise Conflict(f"cannot {name} run {run_id}: it is {record.status.value}")
         asked = fold_signals(raw_signals).paused
@@ -204,7 +215,7 @@ class Control:
             )
         except (Fenced, RunFinished):
             return  # a worker took it meanwhile; it reads the cancel from the signal list
-        job_id = run_job_id(record.run_id, record.attempt)
+        job_id = run_job_id(record.run_id, record.attempt, self.keys.run_tag(record.run_id))
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(queue_of(self.keys, record), job_id)
             pipe.delete(job_key(job_id))
@@ -239,14 +250,7 @@ class Control:
         found: list[tuple[RunRecord, float]] = []
         gone: list[str] = []
         while len(found) < limit:
-            raw = await self.redis.zrevrangebyscore(
-                self.keys.runs, max_score, "-inf", start=0, num=_PAGE_SCAN, withscores=True
-            )
-            ids = [
-                (member.decode(), score)
-                for member, score in raw
-                if not (score == max_score and after_id is not None and member.decode() >= after_id)
-            ]
+            ids, exhausted = await self._history_slice(max_score, after_id)
             if not ids:
                 break
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -269,7 +273,7 @@ class Control:
                 last_rec, last_score = found[-1]
                 last_id = last_rec.run_id
             max_score, after_id = last_score, last_id
-            if len(raw) < _PAGE_SCAN and len(found) < limit:
+            if exhausted and len(found) < limit:
                 break
         if gone:
             await self._forget(gone)
@@ -280,13 +284,49 @@ class Control:
             cursor = f"{int(score)}:{rec.run_id}"
         return page, cursor
 
+    async def _history_slice(
+        self, max_score: float | str, after_id: str | None
+    ) -> tuple[list[tuple[str, float]], bool]:
+        """The next history entries after the cursor (`max_score`, `after_id`), newest first
+        over every bucket (module docstring), and whether they are the last ones."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in self.keys.bucket_ids:
+                pipe.zrevrangebyscore(
+                    self.keys.runs_in(bucket),
+                    max_score,
+                    "-inf",
+                    start=0,
+                    num=_PAGE_SCAN,
+                    withscores=True,
+                )
+            slices: list[list[tuple[bytes, float]]] = await pipe.execute()
+        merged: list[tuple[str, float]] = []
+        horizon: tuple[float, str] | None = None  # the highest last entry of a full slice
+        for raw in slices:
+            if len(raw) >= _PAGE_SCAN:
+                last = (raw[-1][1], raw[-1][0].decode())
+                horizon = last if horizon is None else max(horizon, last)
+            merged += [
+                (member.decode(), score)
+                for member, score in raw
+                if not (score == max_score and after_id is not None and member.decode() >= after_id)
+            ]
+        merged.sort(key=lambda entry: (entry[1], entry[0]), reverse=True)
+        if horizon is not None:
+            merged = [entry for entry in merged if (entry[1], entry[0]) >= horizon]
+        return merged, horizon is None
+
     async def _forget(self, run_ids: list[str]) -> None:
         """Drop from the indexes runs whose record is gone (their keys expired before the
-        index was trimmed): a listing repairs what it meets. A record is written in the same
-        MULTI as its index entry, so an entry without one is never a run being created."""
+        index was trimmed): a listing repairs what it meets. A record is written by the same
+        script as its index entries, so an entry without one is never a run being created."""
+        by_bucket: dict[int, list[str]] = {}
+        for rid in run_ids:
+            by_bucket.setdefault(self.keys.bucket(rid), []).append(rid)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.runs, *run_ids)
-            pipe.zrem(self.keys.expiring, *run_ids)
+            for bucket, ids in by_bucket.items():
+                pipe.zrem(self.keys.runs_in(bucket), *ids)
+                pipe.zrem(self.keys.expiring_in(bucket), *ids)
             await pipe.execute()
 
 

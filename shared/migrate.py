@@ -22,6 +22,9 @@ Decisions:
 - Nothing is read from or written by another namespace. arq's job keys (`arq:job:<id>`, outside
   every namespace) are read to find a job's run, and deleted with the jobs of runs that are gone.
 - `dry_run` walks the same keys and reports the same counts, writing nothing (not even the lock).
+- A cluster keyspace (`TIDINGS_REDIS_CLUSTER`) is written at this code's schema from the start:
+  no older layout ever ran on a cluster. `migrate` there reports an empty or current namespace
+  as up to date and refuses an older version (`SchemaMismatch`) before writing anything.
 """
 
 from __future__ import annotations
@@ -185,6 +188,12 @@ async def migrate(
     if report.current:
         return report
     assert found is not None
+    if keys.clustered:
+        raise SchemaMismatch(
+            f"namespace {keys.ns!r} holds schema {found} on a Redis Cluster, where this code "
+            f"only ever wrote schema {SCHEMA_VERSION}: no migration exists for it (schema "
+            f"{found} ran on a single Redis; migrate it there before moving it)"
+        )
     listening = await workers_listening(redis, keys)
     if listening and not dry_run:
         raise ServicesRunning(

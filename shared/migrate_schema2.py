@@ -18,6 +18,9 @@ Schema 2 (see `tidings.keys`) changes three things a schema-1 keyspace holds dat
    due for recovery). ZADD NX: a deadline entered by an earlier attempt stays.
 
 Catalog keys (schema 2) are rebuilt by workers as they start: nothing to migrate.
+
+A single Redis's only: schema 1 never ran on a cluster, and a cluster keyspace is written at
+schema 2 from the start (`tidings.migrate` refuses before any step runs; each step asserts it).
 """
 
 from __future__ import annotations
@@ -43,7 +46,13 @@ return 0
 """
 
 
+def _single_redis(ctx: Context) -> None:
+    if ctx.keys.clustered:
+        raise AssertionError("schema 1 -> 2 migrates a single Redis's keyspace, not a cluster's")
+
+
 async def versions(ctx: Context) -> tuple[int, str]:
+    _single_redis(ctx)
     redis, keys = ctx.redis, ctx.keys
     script = redis.register_script(_SET_VERSION)
     head, tail = keys.run_affixes()
@@ -70,6 +79,7 @@ async def versions(ctx: Context) -> tuple[int, str]:
 
 
 async def queues(ctx: Context) -> tuple[int, str]:
+    _single_redis(ctx)
     redis, keys = ctx.redis, ctx.keys
     old = keys.schema1_queue
     moved: Counter[str] = Counter()
@@ -128,6 +138,7 @@ async def queues(ctx: Context) -> tuple[int, str]:
 
 
 async def leases(ctx: Context) -> tuple[int, str]:
+    _single_redis(ctx)
     redis, keys = ctx.redis, ctx.keys
     active = [member.decode() async for member, _ in redis.zscan_iter(keys.active, count=_PAGE)]
     count = 0

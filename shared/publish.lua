@@ -2,14 +2,17 @@
 -- batch of one; a checkpointed commit is a batch of one with a checkpoint.
 --
 -- Per event: gapless seq, monotonic progress, XADD to the log, PUBLISH on the run's channel, and a
--- lifecycle summary when the status or the whole-percent progress changes. Once per batch: the
+-- lifecycle summary on its bucket's lifecycle channel when the status or the whole-percent
+-- progress changes (ARGV[12] names the command: PUBLISH, or SPUBLISH in a cluster, where every
+-- key and channel here is in the run's slot). Once per batch: the
 -- fence check, the optional checkpoint (HSETNX), one HSET of the run record. When the batch ends
 -- the run and a retention is given: every key of the run gets it as TTL (PEXPIRE LT: a lease
 -- keeps its shorter one), the run enters the expiring index, and up to ARGV[11] runs whose keys
--- are due are dropped from the history index.
+-- are due are dropped from the history index (both indexes are the run's bucket's: its due
+-- neighbours there go).
 --
--- KEYS[1] run hash   KEYS[2] event stream   KEYS[3] active-runs zset   KEYS[4] checkpoint hash
--- KEYS[5] expiring zset   KEYS[6] history zset   KEYS[7..] the run's other keys (state, signals,
+-- KEYS[1] run hash   KEYS[2] event stream   KEYS[3] active-runs zset (the run's bucket's)
+-- KEYS[4] checkpoint hash   KEYS[5] expiring zset   KEYS[6] history zset (the bucket's)   KEYS[7..] the run's other keys (state, signals,
 -- …), passed when the batch may end the run
 -- ARGV[1] fence attempt ('' = no check)     ARGV[2] log MAXLEN (approximate)
 -- ARGV[3] run channel     ARGV[4] lifecycle channel     ARGV[5] now (ISO 8601)
@@ -17,6 +20,7 @@
 --         twice: the run keeps the uids of its last 32 batches, whoever wrote them)
 -- ARGV[7] run id          ARGV[8] checkpoint field ('' = none)     ARGV[9] checkpoint value
 -- ARGV[10] retention ms ('0' = keep forever)     ARGV[11] most history entries dropped per call
+-- ARGV[12] the publish command ('PUBLISH' or 'SPUBLISH')
 -- then per event, 6 + 2n values: body (JSON object without id/seq/progress), progress ('' = keep),
 -- status ('' = keep), message ('' = keep), task ('' = keep), n, then n run-hash field/value pairs.
 --
@@ -53,7 +57,8 @@ local fields = {}
 local out = {}
 local last_id = nil
 local ended_now = false
-local i = 12
+local publish = ARGV[12]
+local i = 13
 while i <= #ARGV do
   local body, asked, new_status = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
   local msg, task, n = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
@@ -71,7 +76,7 @@ while i <= #ARGV do
     local ps = tostring(progress)
     local stored = '{"seq":' .. seq .. ',"progress":' .. ps .. ',' .. string.sub(body, 2)
     last_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', stored)
-    redis.call('PUBLISH', ARGV[3], '{"id":"' .. last_id .. '",' .. string.sub(stored, 2))
+    redis.call(publish, ARGV[3], '{"id":"' .. last_id .. '",' .. string.sub(stored, 2))
     out[#out + 1] = last_id .. ' ' .. seq .. ' ' .. ps
     if msg ~= '' then message = msg end
     if task ~= '' then fields['task'] = task end
@@ -89,7 +94,7 @@ while i <= #ARGV do
       end
     end
     if changed or math.floor(progress) ~= math.floor(old) then
-      redis.call('PUBLISH', ARGV[4], cjson.encode({
+      redis.call(publish, ARGV[4], cjson.encode({
         run_id = ARGV[7], workflow = h[6], status = status, progress = progress,
         message = message, seq = seq, created_at = h[8] or '', started_at = started or '',
         finished_at = finished or ''}))

@@ -1,5 +1,11 @@
-"""A publish call's parts: the prepared event (`PublishCommand`) and what the publish script's
-reply says of each event of a batch (`outcomes`): its ids, nothing written, or a domain error.
+"""A publish call's parts: the prepared event (`PublishCommand`), what the publish script's
+reply says of each event of a batch (`outcomes`): its ids, nothing written, or a domain error;
+and the pub/sub command of the keyspace (`publish_command`, `announce`).
+
+Pub/sub in a cluster is sharded: a message goes out with SPUBLISH on the node owning its
+channel's slot, and only SSUBSCRIBErs there hear it. Every channel Tidings writes lives in a
+run's or a bucket's slot (`tidings.keys`), so a script publishes with the command it is handed
+(`publish_command`) to a channel of its own slot; a single Redis keeps plain PUBLISH.
 """
 
 from __future__ import annotations
@@ -7,12 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from .errors import Fenced, NotFound, RunFinished, StorageFull
 from .events import Event
+from .keys import Keys
 
-__all__ = ["Outcome", "PublishCommand", "outcomes_of"]
+__all__ = ["Outcome", "PublishCommand", "announce", "outcomes_of", "publish_command"]
 
 Outcome = bytes | None | Exception  # a script reply for one event, None = not written (checkpoint)
 
@@ -61,3 +69,16 @@ def _domain_error(run_id: str, reply: str) -> Exception:
     if reply.startswith("FINISHED"):
         return RunFinished(f"run {run_id} has already {reply.split()[-1]}")
     return RuntimeError(reply)
+
+
+def publish_command(keys: Keys) -> str:
+    """The pub/sub command of `keys`' keyspace: SPUBLISH in a cluster, PUBLISH otherwise (a
+    script is handed it as an argument)."""
+    return "SPUBLISH" if keys.clustered else "PUBLISH"
+
+
+async def announce(redis: Redis, keys: Keys, channel: str, message: str | bytes) -> int:
+    """Publish `message` on `channel` outside a script; a cluster client routes the SPUBLISH to
+    the node owning the channel's slot. Returns how many subscribers (of that node) heard it."""
+    reply = await redis.execute_command(publish_command(keys), channel, message)  # type: ignore[no-untyped-call]
+    return int(reply)

@@ -27,10 +27,18 @@ and read no definition, and the gateway reads it only to list workflows and to v
 route a new run (by the current version); status, signals, cancel and history never look it up.
 
 An unfinished run is never touched, nor are its keys. Everything is found by walking, in pages:
-the indexes with ZSCAN, the namespace's per-run keys with SCAN, the queue with ZSCAN; a run is
-judged by its record as read in the same page. A run's record is written in the same MULTI as its
-index entries and before any other key of it, so "no record" never means "being created".
-Deletes are UNLINKs; bytes are each removed key's MEMORY USAGE just before (Redis's estimate).
+the indexes of every bucket with ZSCAN, the namespace's per-run keys with SCAN (a cluster client
+scans every primary), the queues with ZSCAN; a run is judged by its record as read in the same
+page. A run's record is written by the same script as its index entries and before any other key
+of it, so "no record" never means "being created". Deletes are UNLINKs (a cluster client splits
+them by slot); bytes are each removed key's MEMORY USAGE just before (Redis's estimate).
+
+Cluster. Every write here is single-slot or a plain command: a run's index entries are removed
+from its own bucket's indexes. The catalog's script covers the catalog's slot only: a version's
+queues (one per bucket) are read empty first, then the script re-checks serving and drops the
+definition. A run enqueued at that version in between was unfinished when the indexes were
+walked (a version is never current when pruned, so no new run gets it), and a run in progress
+needs no definition (above); on a single Redis the queue is still checked inside the script.
 """
 
 from __future__ import annotations
@@ -82,8 +90,9 @@ async def prune(
     cutoff_ms = None if older_than_s is None else now_ms() - older_than_s * 1000
     report = PruneReport(dry_run, None if cutoff_ms is None else _iso(cutoff_ms))
     pruner = _Pruner(redis, keys, cutoff_ms, report)
-    for index in (keys.runs, keys.expiring, keys.active):
-        await pruner.walk_index(index)
+    for bucket in keys.bucket_ids:
+        for index in (keys.runs_in(bucket), keys.expiring_in(bucket), keys.active_in(bucket)):
+            await pruner.walk_index(index)
     await pruner.walk_run_keys()
     await pruner.walk_queue()
     await pruner.prune_catalog()
@@ -136,9 +145,17 @@ class _Pruner:
         self.gone.update(stale, old)
         await self._remove([key for rid in old for key in self.keys.run_keys(rid)])
         if not self.report.dry_run and (stale or old):
+            by_bucket: dict[int, list[str]] = {}
+            for rid in (*stale, *old):
+                by_bucket.setdefault(self.keys.bucket(rid), []).append(rid)
             async with self.redis.pipeline(transaction=False) as pipe:
-                for index in (self.keys.runs, self.keys.expiring, self.keys.active):
-                    pipe.zrem(index, *stale, *old)
+                for b, ids in by_bucket.items():
+                    for index in (
+                        self.keys.runs_in(b),
+                        self.keys.expiring_in(b),
+                        self.keys.active_in(b),
+                    ):
+                        pipe.zrem(index, *ids)
                 await pipe.execute()
 
     def _is_old(self, finished_at: bytes | None) -> bool:
@@ -215,7 +232,8 @@ class _Pruner:
                 job_id = member.decode()
                 parts = job_id.split(":")
                 if len(parts) >= 3:  # run:{ID}:{attempt} or task:{ID}:{TID}:{attempt}.{try}
-                    by_run.setdefault(parts[1], []).append((queue, job_id))
+                    rid = parts[1].rpartition("}")[2]  # after the bucket's tag, if any
+                    by_run.setdefault(rid, []).append((queue, job_id))
         runs = [rid for rid in by_run if rid not in self.gone]
         async with self.redis.pipeline(transaction=False) as pipe:
             for rid in runs:
@@ -234,15 +252,17 @@ class _Pruner:
     # -- the catalog ---------------------------------------------------------------------------
 
     async def prune_catalog(self) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.time()
-            pipe.hkeys(self.keys.catalog)
-            pipe.zrange(self.keys.catalog_versions, 0, -1, withscores=True)
-            pipe.zrange(self.keys.catalog_serving, 0, -1, withscores=True)
-            (seconds, micros), fields, published, serving = await pipe.execute()
-        now = int(seconds) * 1000 + int(micros) // 1000
-        first = {member.decode(): int(score) for member, score in published}
-        live = {member.decode().partition(" ")[0] for member, ends in serving if ends >= now}
+        now, fields, published, serving = await self.redis.register_script(_READ_CATALOG)(
+            keys=[self.keys.catalog, self.keys.catalog_versions, self.keys.catalog_serving]
+        )
+        first = {
+            m.decode(): int(float(s)) for m, s in zip(published[::2], published[1::2], strict=True)
+        }
+        live = {
+            member.decode().partition(" ")[0]
+            for member, ends in zip(serving[::2], serving[1::2], strict=True)
+            if float(ends) >= now
+        }
         by_name: dict[str, list[tuple[str, str]]] = {}  # name -> (field, version)
         for raw in fields:
             key = raw.decode()
@@ -263,25 +283,42 @@ class _Pruner:
             await self._drop_definitions(candidates[start : start + _PAGE], now)
 
     async def _drop_definitions(self, batch: list[tuple[str, str]], now: int) -> None:
-        if self.report.dry_run:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key, queue in batch:
+        """Drop the definitions of `batch` (field, its version's queue as `queue_for` names it)
+        whose queues are empty and that nothing serves (module docstring, "Catalog races" and
+        "Cluster")."""
+        queues = [self._queues(key, queue) for key, queue in batch]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (key, _), of_key in zip(batch, queues, strict=True):
+                for queue in of_key:
                     pipe.zcard(queue)
-                    pipe.hstrlen(self.keys.catalog, key)
-                replies = await pipe.execute()
-            gone = [
-                (key, size)
-                for (key, _), queued, size in zip(batch, replies[::2], replies[1::2], strict=True)
-                if not queued
-            ]
+                pipe.hstrlen(self.keys.catalog, key)
+            replies = iter(await pipe.execute())
+        empty: list[tuple[str, str, int]] = []  # field, its queue, its length
+        for (key, queue), of_key in zip(batch, queues, strict=True):
+            queued = sum([next(replies) for _ in of_key])
+            size = int(next(replies))
+            if not queued:
+                empty.append((key, queue, size))
+        if self.report.dry_run or not empty:
+            gone = [(key, size) for key, _, size in empty]
         else:
+            # A single Redis checks the queue again inside the script.
+            queue_keys = [] if self.keys.clustered else [queue for _, queue, _ in empty]
             reply = await self.redis.register_script(_DROP_DEFINITIONS)(
-                keys=[self.keys.catalog, self.keys.catalog_serving, *(q for _, q in batch)],
-                args=[now, *(key for key, _ in batch)],
+                keys=[self.keys.catalog, self.keys.catalog_serving, *queue_keys],
+                args=[now, *(key for key, _, _ in empty)],
             )
             gone = [(reply[i].decode(), int(reply[i + 1])) for i in range(0, len(reply), 2)]
         self.report.definitions += [key for key, _ in gone]
         self.report.bytes += sum(size for _, size in gone)
+
+    def _queues(self, key: str, queue: str) -> list[str]:
+        """Every queue of the version `key` names: `queue` itself on a single Redis, one per
+        bucket in a cluster."""
+        if not self.keys.clustered:
+            return [queue]
+        name, _, version = key.rpartition(":")
+        return self.keys.queues_for(name, version)
 
     # -- removing ------------------------------------------------------------------------------
 
@@ -302,8 +339,17 @@ class _Pruner:
         return len(present)
 
 
-# KEYS[1] the catalog, KEYS[2] its serving zset, KEYS[3..] the candidates' queues. ARGV[1] now
-# (ms, Redis's clock), ARGV[2..] the candidates (`<name>:<version>`) in their queues' order.
+# KEYS: the catalog, its versions and serving zsets (one slot). Returns now (ms, Redis's clock),
+# the catalog's fields, and the two zsets with their scores (flat), from one moment.
+_READ_CATALOG = """
+local t = redis.call('TIME')
+return {tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), redis.call('HKEYS', KEYS[1]),
+        redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
+        redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')}
+"""
+# KEYS[1] the catalog, KEYS[2] its serving zset, KEYS[3..] the candidates' queues (a single
+# Redis's; none in a cluster, where they were read empty just before). ARGV[1] now (ms, Redis's
+# clock), ARGV[2..] the candidates (`<name>:<version>`) in their queues' order.
 # Returns field, length, field, length... of the definitions removed.
 _DROP_DEFINITIONS = """
 local live = {}
@@ -313,7 +359,7 @@ end
 local gone = {}
 for i = 2, #ARGV do
   local key = ARGV[i]
-  if not live[key] and redis.call('ZCARD', KEYS[i + 1]) == 0 then
+  if not live[key] and (not KEYS[i + 1] or redis.call('ZCARD', KEYS[i + 1]) == 0) then
     local size = redis.call('HSTRLEN', KEYS[1], key)
     if redis.call('HDEL', KEYS[1], key) == 1 then
       table.insert(gone, key)
