@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tidings.catalog import Catalog
-from tidings.keys import Keys
 from tidings.redis import connect
+from tidings.settings import Settings
 from tidings.sse import SSEMessage, SSEParser
 
 __all__ = ["Stack", "free_port", "running_stack", "stack"]
@@ -108,8 +108,10 @@ async def running_stack(
         )
 
     url = f"http://127.0.0.1:{port}"
-    catalog_redis = connect(env["REDIS_URL"])
-    catalog = Catalog(catalog_redis, Keys(env["TIDINGS_NAMESPACE"]))
+    cluster = env.get("TIDINGS_REDIS_CLUSTER") == "true"
+    catalog_redis = connect(env["REDIS_URL"], cluster=cluster)
+    keys = Settings(namespace=env["TIDINGS_NAMESPACE"], redis_cluster=cluster).keys()
+    catalog = Catalog(catalog_redis, keys)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         try:
             async with asyncio.timeout(30):

@@ -12,9 +12,9 @@ import tests.workflows_for_tests  # noqa: F401  (registers t_steps in this proce
 from tests.test_api_helpers import Stack
 from tests.test_dashboard_support import Pages, browser, open_page, pages, shot, stack, wait_for
 from tidings.catalog import CatalogWriter
-from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.sdk import registry
+from tidings.settings import Settings
 
 __all__ = ["browser", "pages", "stack"]  # fixtures used by this module
 
@@ -26,9 +26,10 @@ WARNING = "no live worker serves t_steps version 1 now"
 async def list_unserved_workflow(stack: Stack) -> None:
     """t_steps in the catalog as a worker that stopped would leave it: known, served by nobody
     (the stack's worker does not load the test workflows)."""
-    client = connect(stack.env["REDIS_URL"])
+    cluster = stack.env.get("TIDINGS_REDIS_CLUSTER") == "true"
+    client = connect(stack.env["REDIS_URL"], cluster=cluster)
     try:
-        keys = Keys(stack.env["TIDINGS_NAMESPACE"])
+        keys = Settings(namespace=stack.env["TIDINGS_NAMESPACE"], redis_cluster=cluster).keys()
         writer = CatalogWriter(client, keys, "gone-worker", [registry.workflows["t_steps"]])
         await writer.publish()
         await writer.withdraw()

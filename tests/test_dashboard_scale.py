@@ -128,7 +128,7 @@ async def test_a_trace_of_10000_events_stays_responsive(
     bus = Bus(redis, keys, maxlen=50_000)  # no trimming: every event stays in the log
     record = await store.create("research", {"topic": "scale", "breadth": TASKS})
     run_id = record.run_id
-    await redis.zrem(keys.active, run_id)  # no job behind it: keep the sweeper away
+    await redis.zrem(keys.active_of(run_id), run_id)  # no job behind it: keep the sweeper away
 
     # Before any event the bar is empty, not full, and says it is waiting.
     page = await open_page(pages, f"/#/runs/{run_id}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import psutil  # type: ignore[import-untyped]
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from tests.test_gateway_support import (
     Gateway,
@@ -147,22 +148,37 @@ async def test_one_subscription_per_channel_refcounted_by_viewers(
 ) -> None:
     gw = await gateway_factory()
     a, b = await store.create("demo", None), await store.create("demo", None)
-    channels = [keys.run_channel(a.run_id), keys.run_channel(b.run_id), keys.runs_channel]
+    lifecycle = [keys.runs_channel_in(bucket) for bucket in keys.bucket_ids]
+    channels = [keys.run_channel(a.run_id), keys.run_channel(b.run_id), *lifecycle]
 
     async def numsub() -> list[int]:
-        reply = await redis.pubsub_numsub(*channels)
-        return [int(n) for _, n in reply]
+        return [await subscribers(redis, keys, channel) for channel in channels]
+
+    def counts(run_a: int, run_b: int, feed: int) -> list[int]:
+        return [run_a, run_b] + [feed] * len(lifecycle)
 
     streams = [await gw.stream(f"/api/runs/{a.run_id}/events") for _ in range(3)]
     streams += [await gw.stream(f"/api/runs/{b.run_id}/events") for _ in range(2)]
     streams += [await gw.stream("/api/runs/events") for _ in range(2)]
-    await wait_for(lambda: _numsub_is(numsub, [1, 1, 1]), "one subscription per channel")
+    await wait_for(lambda: _numsub_is(numsub, counts(1, 1, 1)), "one subscription per channel")
     for stream in streams[:4]:
         stream.close()
-    await wait_for(lambda: _numsub_is(numsub, [0, 1, 1]), "run A unsubscribed, B kept")
+    await wait_for(lambda: _numsub_is(numsub, counts(0, 1, 1)), "run A unsubscribed, B kept")
     for stream in streams[4:]:
         stream.close()
-    await wait_for(lambda: _numsub_is(numsub, [0, 0, 0]), "everything unsubscribed")
+    await wait_for(lambda: _numsub_is(numsub, counts(0, 0, 0)), "everything unsubscribed")
+
+
+async def subscribers(redis: Redis, keys: Keys, channel: str) -> int:
+    """Subscribers of `channel`: PUBSUB NUMSUB on a single Redis; in a cluster, where channels
+    are sharded, PUBSUB SHARDNUMSUB on the node owning the channel's slot."""
+    if not keys.clustered:
+        reply = await redis.pubsub_numsub(channel)
+        return int(reply[0][1])
+    cluster = await cast(RedisCluster, redis).initialize()
+    node = cluster.get_node_from_key(channel)
+    reply = await cluster.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
+    return int(reply[1])
 
 
 async def _numsub_is(numsub: Callable[[], Awaitable[list[int]]], expected: list[int]) -> bool:

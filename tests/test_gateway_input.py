@@ -89,7 +89,7 @@ class Api:
 
 @pytest.fixture
 async def api(settings: Settings, redis: Any, bus: Bus, store: RunStore) -> AsyncIterator[Api]:
-    await publish_catalog(settings.redis_url or "", settings.namespace)
+    await publish_catalog(settings.redis_url or "", settings.namespace, settings.redis_cluster)
     run = await store.create("demo", None)
     ids = [
         (await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go")).id,
@@ -568,7 +568,9 @@ def served_schema(settings: Settings, redis_url: str, namespace: str) -> Iterato
     """The app's own `/openapi.json`, loaded by schemathesis, which runs the app in-process (its
     lifespan on schemathesis' event loop thread) until the test ends."""
     # The workflows' input schemas are in the document: they come from the catalog.
-    asyncio.run(publish_catalog(settings.redis_url or "", settings.namespace))
+    asyncio.run(
+        publish_catalog(settings.redis_url or "", settings.namespace, settings.redis_cluster)
+    )
     app = create_app(settings)
     try:
         yield schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -18,9 +18,9 @@ import httpx
 from tests.conftest import Processes
 from tidings.catalog import CatalogWriter
 from tidings.embedded import free_port
-from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.sdk import registry
+from tidings.settings import Settings
 from tidings.sse import SSEMessage, SSEParser
 
 __all__ = ["Gateway", "GatewayFactory", "RawStream", "events_of", "start_gateway", "wait_for"]
@@ -60,15 +60,17 @@ class Gateway:
         return await RawStream.open(self.port, path, **kwargs)
 
 
-async def publish_catalog(redis_url: str, namespace: str) -> None:
+async def publish_catalog(redis_url: str, namespace: str, cluster: bool = False) -> None:
     """The workflows registered in this process (the shipped ones at least) in the namespace's
     catalog, as a worker serving them would leave it once stopped: known, served by nobody. A
-    gateway knows workflows only from the catalog; a test without workers plays them here."""
+    gateway knows workflows only from the catalog; a test without workers plays them here.
+    `cluster`: `redis_url` names a node of a Redis Cluster."""
     import tidings.services.workflows  # noqa: F401  (registers the shipped workflows)
 
-    client = connect(redis_url)
+    settings = Settings(redis_url=redis_url, namespace=namespace, redis_cluster=cluster)
+    client = connect(redis_url, cluster=cluster)
     try:
-        writer = CatalogWriter(client, Keys(namespace), "test-worker", registry.workflows.values())
+        writer = CatalogWriter(client, settings.keys(), "test-worker", registry.workflows.values())
         await writer.publish()
         await writer.withdraw()
     finally:
@@ -92,7 +94,8 @@ async def start_gateway(
     if redis_url:
         env["REDIS_URL"] = redis_url
     if catalog:
-        await publish_catalog(env["REDIS_URL"], env["TIDINGS_NAMESPACE"])
+        cluster = env.get("TIDINGS_REDIS_CLUSTER") == "true"
+        await publish_catalog(env["REDIS_URL"], env["TIDINGS_NAMESPACE"], cluster)
     proc = processes.python("tidings.services.gateway", env=env, name="gateway")
     gw = Gateway(port, proc, processes)
     deadline = time.monotonic() + 20

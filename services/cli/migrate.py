@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tidings.embedded import EmbeddedValkey
-from tidings.keys import Keys
 from tidings.migrate import MigrateReport, MigrationBusy, ServicesRunning, migrate
 from tidings.redis import connect
 from tidings.schema import SchemaMismatch
@@ -47,7 +46,7 @@ def migrate_command(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
 
     with _redis_url(settings) as url:
         try:
-            report = asyncio.run(_migrate(url, settings.namespace, dry_run, say))
+            report = asyncio.run(_migrate(settings, url, dry_run, say))
         except RedisConnectionError as exc:
             raise CliError(f"Redis unreachable: {exc}") from None
         except (SchemaMismatch, MigrationBusy, ServicesRunning) as exc:
@@ -60,11 +59,11 @@ def migrate_command(settings: Settings, *, dry_run: bool, as_json: bool) -> int:
 
 
 async def _migrate(
-    url: str, namespace: str, dry_run: bool, say: Callable[[str], None]
+    settings: Settings, url: str, dry_run: bool, say: Callable[[str], None]
 ) -> MigrateReport:
-    redis = connect(url)
+    redis = connect(url, cluster=settings.redis_cluster)
     try:
-        return await migrate(redis, Keys(namespace), dry_run=dry_run, say=say)
+        return await migrate(redis, settings.keys(), dry_run=dry_run, say=say)
     finally:
         await redis.aclose()
 

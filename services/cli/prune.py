@@ -15,7 +15,6 @@ import sys
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.retention import PruneReport, prune
 from tidings.settings import Settings
@@ -52,11 +51,9 @@ def prune_command(
 
 async def _prune(settings: Settings, older_than_s: int | None, dry_run: bool) -> PruneReport:
     assert settings.redis_url
-    redis = connect(settings.redis_url)
+    redis = connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
-        return await prune(
-            redis, Keys(settings.namespace), older_than_s=older_than_s, dry_run=dry_run
-        )
+        return await prune(redis, settings.keys(), older_than_s=older_than_s, dry_run=dry_run)
     finally:
         await redis.aclose()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tidings.settings import Settings, cluster_refusal
+from tidings.settings import Settings
 
 from .access import check_exposure
 from .main import serve
@@ -24,9 +24,6 @@ def main() -> None:
         settings = Settings.from_env()
     except ValueError as exc:
         sys.exit(f"tidings gateway: {exc}")
-    if refusal := cluster_refusal(settings):
-        sys.stderr.write(f"tidings gateway: {refusal}\n")
-        sys.exit(2)
     try:
         check_exposure(settings)
     except ValueError as exc:

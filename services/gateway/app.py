@@ -25,7 +25,6 @@ from starlette.types import ASGIApp
 from tidings.bus import Bus
 from tidings.catalog import Catalog
 from tidings.control import Control
-from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.runs import RunStore, ensure_schema
 from tidings.settings import Settings
@@ -91,8 +90,8 @@ def asgi_app(app: Starlette) -> ASGIApp:
 @asynccontextmanager
 async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
     assert settings.redis_url
-    redis = connect(settings.redis_url)
-    keys = Keys(settings.namespace)
+    redis = connect(settings.redis_url, cluster=settings.redis_cluster)
+    keys = settings.keys()
     bus = Bus.from_settings(redis, keys, settings)
     stats = Stats()
     limits = ViewerLimits(
@@ -101,8 +100,7 @@ async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
         send_timeout=settings.send_timeout_s,
         heartbeat=settings.sse_heartbeat_s,
     )
-    # Cluster mode is refused at start-up (`cluster_refusal`) until the keyspace is cluster-safe;
-    # behind that refusal the hub already takes its messages by sharded pub/sub.
+    # A cluster's channels are sharded: the hub SSUBSCRIBEs each on the primary owning its slot.
     source: Source = (
         ClusterSource.from_url(settings.redis_url, stats)
         if settings.redis_cluster

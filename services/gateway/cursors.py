@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 from pydantic import ValidationError
@@ -42,7 +43,7 @@ class RunCursor(Cursor):
     __slots__ = ("ctx", "run_id")
 
     def __init__(self, ctx: Gateway, run_id: str, last: StreamId, render: Render | None) -> None:
-        super().__init__(ctx.keys.run_channel(run_id), last, render)
+        super().__init__((ctx.keys.run_channel(run_id),), last, render)
         self.ctx = ctx
         self.run_id = run_id
 
@@ -100,22 +101,36 @@ class RunCursor(Cursor):
 
 
 class LifecycleCursor(Cursor):
-    """The run-list feed. Summaries have no log to replay: a fresh snapshot is the catch-up,
-    taken after buffering restarted, so whatever follows it is at least as new."""
+    """The run-list feed: every bucket's lifecycle channel (one on a single Redis). Summaries
+    have no log to replay: a fresh snapshot is the catch-up, taken after buffering restarted on
+    every channel, so whatever follows it is at least as new."""
 
     __slots__ = ("ctx",)
     ends_on_terminal = False
 
     def __init__(self, ctx: Gateway) -> None:
-        super().__init__(ctx.keys.runs_channel, (0, 0), None)
+        keys = ctx.keys
+        super().__init__([keys.runs_channel_in(b) for b in keys.bucket_ids], (0, 0), None)
         self.ctx = ctx
 
     async def catch_up(self, viewer: Viewer) -> None:
         await viewer.write(await viewer.retry_redis(_snapshot, self.ctx), 1)
 
 
+async def _newest(ctx: Gateway) -> list[bytes]:
+    """The ids of the newest `SNAPSHOT_SIZE` runs of every bucket together, newest first."""
+    keys = ctx.keys
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        for b in keys.bucket_ids:
+            pipe.zrevrange(keys.runs_in(b), 0, SNAPSHOT_SIZE - 1, withscores=True)
+        per_bucket: list[list[tuple[bytes, float]]] = await pipe.execute()
+    # A stable sort: one bucket (a single Redis) keeps the order ZREVRANGE gave.
+    merged = sorted(itertools.chain.from_iterable(per_bucket), key=lambda e: -e[1])
+    return [rid for rid, _ in merged[:SNAPSHOT_SIZE]]
+
+
 async def _snapshot(ctx: Gateway) -> bytes:
-    ids: list[bytes] = await ctx.redis.zrevrange(ctx.keys.runs, 0, SNAPSHOT_SIZE - 1)
+    ids = await _newest(ctx)
     async with ctx.redis.pipeline(transaction=False) as pipe:
         for rid in ids:
             pipe.hgetall(ctx.keys.run(rid.decode()))

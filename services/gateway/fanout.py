@@ -5,7 +5,9 @@ hub keeps, per channel, the cursors that follow it, and asks its `Source` (`sour
 channels that have any. Decisions worth knowing:
 
 - Channels are refcounted by cursors: the first makes the source SUBSCRIBE, the last one leaving
-  makes it UNSUBSCRIBE.
+  makes it UNSUBSCRIBE. The lifecycle feed is one cursor over every bucket's lifecycle channel
+  (one channel on a single Redis; in a cluster each is SSUBSCRIBEd on its own node), so the
+  feed merges the runs of all buckets.
 - Each incoming message is parsed once and framed once (`messages.py`). For each cursor of the
   channel the dispatch loop writes those same bytes straight to the viewer's transport when the
   viewer is quiet (see `viewer.py`), else hands the message to the viewer's bounded buffer. No
@@ -67,7 +69,10 @@ class Hub:
         # After a reconnect every viewer catches up at once; bounding the concurrent log reads
         # keeps that herd from opening a Redis connection per viewer.
         self.reads = asyncio.Semaphore(concurrent_reads)
-        self._lifecycle_name = keys.runs_channel.encode()
+        # The lifecycle channels: one per bucket; every feed follows them all.
+        lifecycle = [keys.runs_channel_in(b).encode() for b in keys.bucket_ids]
+        self._lifecycle = frozenset(lifecycle)
+        self._lifecycle_first = lifecycle[0]
         self._channels: dict[bytes, Channel] = {}
         self._viewers: set[Viewer] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -87,15 +92,16 @@ class Hub:
 
         Every cursor starts lagging: the caller runs the viewer's first catch-up (`serve`)."""
         for cur in viewer.cursors:
-            name = cur.channel
-            entry = self._channels.get(name)
-            if entry is None:
-                entry = self._channels[name] = Channel(lifecycle=name == self._lifecycle_name)
-                # Still subscribed on the server (its UNSUBSCRIBE was not sent yet): live at once.
-                entry.ready = self._source.is_live(name)
-                self._source.want(name)
-            entry.cursors.add(cur)
-            cur.entry = entry
+            for name in cur.channels:
+                entry = self._channels.get(name)
+                if entry is None:
+                    entry = self._channels[name] = Channel(lifecycle=name in self._lifecycle)
+                    # Still subscribed on the server (its UNSUBSCRIBE was not sent yet): live at
+                    # once.
+                    entry.ready = self._source.is_live(name)
+                    self._source.want(name)
+                entry.cursors.add(cur)
+                cur.entries.append(entry)
         self._viewers.add(viewer)
         if self._closing:
             viewer.end()
@@ -105,13 +111,14 @@ class Hub:
             viewer.close()
             self._viewers.discard(viewer)
             for cur in viewer.cursors:
-                entry = self._channels.get(cur.channel)
-                if entry is None:
-                    continue
-                entry.cursors.discard(cur)
-                if not entry.cursors:
-                    del self._channels[cur.channel]
-                    self._source.unwant(cur.channel)
+                for name in cur.channels:
+                    entry = self._channels.get(name)
+                    if entry is None:
+                        continue
+                    entry.cursors.discard(cur)
+                    if not entry.cursors:
+                        del self._channels[name]
+                        self._source.unwant(name)
 
     def viewers(self, run_id: str) -> int:
         """Viewers of one run connected to this gateway process."""
@@ -119,7 +126,12 @@ class Hub:
         return len(entry.cursors) if entry else 0
 
     def count_viewers(self, lifecycle: bool = False) -> int:
-        return sum(len(e.cursors) for e in self._channels.values() if e.lifecycle is lifecycle)
+        """Cursors following runs, or (`lifecycle`) feeds: each follows every lifecycle
+        channel, so the first one's count is theirs."""
+        if lifecycle:
+            entry = self._channels.get(self._lifecycle_first)
+            return len(entry.cursors) if entry else 0
+        return sum(len(e.cursors) for e in self._channels.values() if not e.lifecycle)
 
     def count_channels(self) -> int:
         return self._source.count_channels()

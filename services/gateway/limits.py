@@ -13,11 +13,19 @@ authentication on, `addr:<ip>` without. Two limits guard every route that starts
   those whose record is gone once they are older than a reservation may be. The common case is
   then O(1), and a check at the limit costs one HGET per member, inside the script.
 
-Both checks and the reservation are one script (`_ADMIT`), so two concurrent starts never both
-take the last slot, through any number of gateways. The run id is chosen before the check so
-the reservation can name it; a start that fails afterwards (invalid input, an id taken) gives
-both slots back. The script builds run-record names from its arguments and reads them: fine on
-one Redis or Valkey; on a Cluster the prune would have to move out of the script.
+Both checks and the reservation are one script (`_ADMIT`) on the client's slot, so two
+concurrent starts never both take the last slot, through any number of gateways. The run id is
+chosen before the check so the reservation can name it; a start that fails afterwards (invalid
+input, an id taken) gives both slots back.
+
+A run's record lives in its own slot (its bucket's, in a cluster), so the script never reads one:
+a check that finds the set full answers with its members; the gateway reads their statuses in
+one routed pipeline (not atomic, and it need not be: a run seen ended stays ended, one seen
+unfinished at worst keeps its slot a moment longer) and runs the script once more, naming the
+ones that ended (or whose record is gone past the reservation age) to drop before it checks
+again. Every check and admission is still atomic on the client's slot: the limit stays exact
+under concurrency. A single Redis takes the same path: it costs two more round trips only when
+the set is full.
 
 Over a limit the answer is a 429 with `Retry-After` and the JSON error shape; `details` name the
 limit, its setting and the client as the gateway counts it.
@@ -29,7 +37,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -67,13 +75,15 @@ _ACTIVE_RETRY_S = 5
 _ADMIT = """
 -- KEYS[1] the client's starts (run id -> ms)   KEYS[2] the client's unfinished runs (id -> ms)
 -- ARGV[1] now (ms)   ARGV[2] window (ms)   ARGV[3] starts allowed per window
--- ARGV[4] unfinished runs allowed   ARGV[5] run id   ARGV[6], ARGV[7] what goes before and
--- after a run id in its record's key   ARGV[8] how long a reservation may have no record (ms)
--- ARGV[9] TTL of the runs set (ms)   ARGV[10..] the terminal statuses
+-- ARGV[4] unfinished runs allowed   ARGV[5] run id   ARGV[6] TTL of the runs set (ms)
+-- ARGV[7..] runs seen ended: dropped from KEYS[2] first
 -- Returns {'OK', 1} reserved, {'OK', 0} already reserved (a repeated id), {'RATE', retry ms},
--- {'ACTIVE', unfinished runs}.
+-- {'ACTIVE', unfinished runs, id1, ms1, id2, ms2, ...} (the runs to look at).
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
+for i = 7, #ARGV do
+  redis.call('ZREM', KEYS[2], ARGV[i])
+end
 if redis.call('ZSCORE', KEYS[2], ARGV[5]) then
   return {'OK', 0}
 end
@@ -84,25 +94,15 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
 end
 local active = redis.call('ZCARD', KEYS[2])
 if active >= tonumber(ARGV[4]) then
-  local ended = {}
-  for i = 10, #ARGV do ended[ARGV[i]] = true end
-  local young = now - tonumber(ARGV[8])
-  local members = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-  for i = 1, #members, 2 do
-    local status = redis.call('HGET', ARGV[6] .. members[i] .. ARGV[7], 'status')
-    if (status and ended[status]) or (not status and tonumber(members[i + 1]) < young) then
-      redis.call('ZREM', KEYS[2], members[i])
-      active = active - 1
-    end
-  end
-  if active >= tonumber(ARGV[4]) then
-    return {'ACTIVE', active}
-  end
+  local reply = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  table.insert(reply, 1, active)
+  table.insert(reply, 1, 'ACTIVE')
+  return reply
 end
 redis.call('ZADD', KEYS[1], now, ARGV[5])
 redis.call('PEXPIRE', KEYS[1], window)
 redis.call('ZADD', KEYS[2], now, ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[9])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return {'OK', 1}
 """
 
@@ -141,27 +141,18 @@ class Admission:
         self.per_minute = settings.runs_per_minute
         self.active = settings.active_runs_per_client
         self._script = redis.register_script(_ADMIT)
-        self._statuses = sorted(s.value for s in TERMINAL_STATUSES)
+        self._ended_statuses = frozenset(s.value.encode() for s in TERMINAL_STATUSES)
 
     async def reserve(self, client: str, run_id: str) -> bool:
         """Count a start of `run_id` by `client`, or raise TooManyStarts / TooManyActiveRuns.
         False when the client had already reserved that id (nothing more was counted)."""
-        head, tail = self.keys.run_affixes()
-        reply = await self._script(
-            keys=[self.keys.client_starts(client), self.keys.client_runs(client)],
-            args=[
-                int(time.time() * 1000),
-                WINDOW_MS,
-                self.per_minute,
-                self.active,
-                run_id,
-                head,
-                tail,
-                _RESERVATION_MS,
-                _RUNS_TTL_MS,
-                *self._statuses,
-            ],
-        )
+        now = int(time.time() * 1000)
+        reply = await self._admit(client, run_id, now, ())
+        if reply[0] == b"ACTIVE":
+            # Full: drop the runs that ended, then check again (module docstring).
+            ended = await self._ended(reply[2:], now)
+            if ended:
+                reply = await self._admit(client, run_id, now, ended)
         verdict, value = reply[0], int(reply[1])
         if verdict == b"OK":
             return value == 1
@@ -183,6 +174,38 @@ class Admission:
             setting="TIDINGS_ACTIVE_RUNS_PER_CLIENT",
             client=client,
         )
+
+    async def _admit(self, client: str, run_id: str, now: int, ended: Sequence[bytes]) -> list[Any]:
+        reply: list[Any] = await self._script(
+            keys=[self.keys.client_starts(client), self.keys.client_runs(client)],
+            args=[
+                now,
+                WINDOW_MS,
+                self.per_minute,
+                self.active,
+                run_id,
+                _RUNS_TTL_MS,
+                *ended,
+            ],
+        )
+        return reply
+
+    async def _ended(self, members: Sequence[bytes], now: int) -> list[bytes]:
+        """Of the runs `members` lists (id, ms, id, ms, ...), those that ended, and those whose
+        record is gone once they are older than a reservation may be: one routed pipeline of
+        status reads, each on its run's slot."""
+        ids = members[0::2]
+        young = now - _RESERVATION_MS
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in ids:
+                pipe.hget(self.keys.run(rid.decode()), "status")
+            statuses: list[bytes | None] = await pipe.execute()
+        return [
+            rid
+            for rid, score, status in zip(ids, members[1::2], statuses, strict=True)
+            if (status is not None and status in self._ended_statuses)
+            or (status is None and float(score) < young)
+        ]
 
     async def release(self, client: str, run_id: str) -> None:
         """Give back a reservation whose run never started."""

@@ -11,11 +11,17 @@ streams) holds one lease, `<gateway id>:<n>`, entered with its expiry (ms) as sc
 Decisions:
 
 - Acquiring is one script per new stream, before it starts: drop the client's lapsed leases,
-  refuse past the limit (429), enter the lease, and push back the orphan time of each run it
-  follows that a seed stream owns (`ZADD XX GT` on `<ns>:stream_runs`, a no-op for other runs).
+  refuse past the limit (429), enter the lease, and (on a single Redis, in the same script)
+  enter it in the viewers of each run it follows and push back the orphan time of each such run
+  that a seed stream owns (`ZADD XX GT` on `<ns>:stream_runs`, a no-op for other runs). A
+  cluster keeps the client's leases, each run's viewers and `<ns>:stream_runs` in different
+  slots: there the script does the client's part alone (so the limit stays exact across
+  gateways) and one pipeline does the runs' part next. If that second step fails the lease is
+  released (or lapses); a run whose orphan time was not pushed back is still checked for live
+  leases by the sweeper before it is stopped (`stream_runs.py`).
 - Renewing is one pipeline per gateway process every third of `TIDINGS_VIEWER_LEASE_S`, for all
-  its leases at once, grouped per key. Nothing here runs per event: the fan-out path
-  (`fanout.py`, `viewer.py`) does not know leases exist.
+  its leases at once, grouped per key (one script per key: each on one slot). Nothing here runs
+  per event: the fan-out path (`fanout.py`, `viewer.py`) does not know leases exist.
 - Releasing is batched: a closing stream queues its lease and wakes the loop, which removes all
   queued leases in one pipeline (a thousand viewers leaving together are one round trip). A
   release brings its runs' orphan time forward to now + grace (`ZADD XX LT`); the sweeper checks
@@ -33,10 +39,13 @@ import itertools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from tidings.keys import Keys
 from tidings.settings import Settings
@@ -51,10 +60,12 @@ log = logging.getLogger(__name__)
 # writes are a few bytes per open stream, so its scripts may write past the cap (`allow-oom`) and
 # touch only the keys they declare.
 _ACQUIRE = """#!lua flags=allow-oom
--- KEYS[1] the client's viewer leases   KEYS[2] runs a seed stream owns (id -> orphan time)
--- KEYS[3..] the viewer leases of each run the stream follows
+-- KEYS[1] the client's viewer leases; and on a single Redis only (one slot):
+-- KEYS[2] runs a seed stream owns (id -> orphan time), KEYS[3..] the viewer leases of each run
+-- the stream follows
 -- ARGV[1] now (ms)   ARGV[2] the lease's expiry (ms)   ARGV[3] leases allowed per client
 -- ARGV[4] the lease   ARGV[5] orphan grace (ms)   ARGV[6] key TTL (ms)   ARGV[7..] the run ids
+-- (as many as KEYS[3..])
 -- Returns {1, leases} entered, {0, leases} refused.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local n = redis.call('ZCARD', KEYS[1])
@@ -130,6 +141,7 @@ class Presence:
         self._acquire = redis.register_script(_ACQUIRE)
         self._touch = redis.register_script(_TOUCH)
         self._orphan_times = redis.register_script(_ORPHAN_TIMES)
+        self._scripts = (self._touch, self._orphan_times)
 
     async def acquire(self, client: str, runs: Sequence[str] = ()) -> Lease:
         """A lease for a new stream of `client` following `runs`; TooManyViewers (429) when the
@@ -137,22 +149,16 @@ class Presence:
         runs = tuple(dict.fromkeys(runs))
         member = f"{self.gateway_id}:{next(self._numbers)}"
         now = now_ms()
+        expiry = now + self.ttl_ms
         keys = self.keys
+        # A cluster keeps the runs' viewers (and stream_runs) in other slots: they follow below.
+        at_once = () if keys.clustered else runs
         verdict, held = await self._acquire(
             keys=[
                 keys.client_viewers(client),
-                keys.stream_runs,
-                *(keys.run_viewers(r) for r in runs),
+                *((keys.stream_runs, *(keys.run_viewers(r) for r in at_once)) if at_once else ()),
             ],
-            args=[
-                now,
-                now + self.ttl_ms,
-                self.limit,
-                member,
-                self.grace_ms,
-                self._key_ttl_ms,
-                *runs,
-            ],
+            args=[now, expiry, self.limit, member, self.grace_ms, self._key_ttl_ms, *at_once],
         )
         if not verdict:
             raise TooManyViewers(
@@ -166,6 +172,12 @@ class Presence:
             )
         lease = Lease(self, member, client, runs)
         self._live[member] = lease
+        if runs and not at_once:
+            try:
+                await self._batch(partial(self._follow, {r: [member] for r in runs}, now, expiry))
+            except BaseException:
+                self.release(lease)
+                raise
         return lease
 
     def release(self, lease: Lease) -> None:
@@ -229,33 +241,70 @@ class Presence:
             return
         now = now_ms()
         expiry = now + self.ttl_ms
+
+        def renew(pipe: Pipeline) -> None:
+            for client, members in by_client.items():
+                key = self.keys.client_viewers(client)
+                _queue_script(pipe, self._touch, key, now, expiry, self._key_ttl_ms, *members)
+            self._follow(by_run, now, expiry, pipe)
+
+        await self._batch(renew)
+
+    def _follow(
+        self, by_run: Mapping[str, list[str]], now: int, expiry: int, pipe: Pipeline
+    ) -> None:
+        """Queue on `pipe`: the leases entered (or renewed) in each run's viewers, and the orphan
+        times of the runs a seed stream owns pushed back to match."""
+        if not by_run:
+            return
         keys = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            sets = [(keys.client_viewers(c), m) for c, m in by_client.items()]
-            sets += [(keys.run_viewers(r), m) for r, m in by_run.items()]
-            for key, members in sets:
-                args: list[str | int] = [now, expiry, self._key_ttl_ms, *members]
-                await self._touch(keys=[key], args=args, client=pipe)
-            if by_run:
-                orphaned = expiry + self.grace_ms
-                bump: list[str | int] = ["GT", orphaned, *by_run]
-                await self._orphan_times(keys=[keys.stream_runs], args=bump, client=pipe)
-            await pipe.execute()
+        for run_id, members in by_run.items():
+            key = keys.run_viewers(run_id)
+            _queue_script(pipe, self._touch, key, now, expiry, self._key_ttl_ms, *members)
+        orphaned = expiry + self.grace_ms
+        _queue_script(pipe, self._orphan_times, keys.stream_runs, "GT", orphaned, *by_run)
 
     async def _remove(self, leases: Iterable[Lease]) -> None:
         by_client, by_run = _group(leases)
         if not by_client:
             return
         keys = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        def remove(pipe: Pipeline) -> None:
             for client, members in by_client.items():
                 pipe.zrem(keys.client_viewers(client), *members)
             for run_id, members in by_run.items():
                 pipe.zrem(keys.run_viewers(run_id), *members)
             if by_run:
-                bump: list[str | int] = ["LT", now_ms() + self.grace_ms, *by_run]
-                await self._orphan_times(keys=[keys.stream_runs], args=bump, client=pipe)
-            await pipe.execute()
+                orphaned = now_ms() + self.grace_ms
+                _queue_script(pipe, self._orphan_times, keys.stream_runs, "LT", orphaned, *by_run)
+
+        await self._batch(remove)
+
+    async def _batch(self, queue: Callable[[Pipeline], None]) -> None:
+        """What `queue` puts on a non-transactional pipeline (routed per key in a cluster), sent
+        once. Its scripts go as plain EVALSHA (`_queue_script`): a server that does not know one
+        yet (NOSCRIPT: a fresh or restarted server, a promoted replica) gets them all loaded
+        (on every primary of a cluster) and the batch is sent again, which is safe because
+        every write here is idempotent."""
+        for attempt in range(2):
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    queue(pipe)
+                    await pipe.execute()
+                return
+            except NoScriptError:
+                if attempt:
+                    raise
+                for script in self._scripts:
+                    await self.redis.script_load(script.script)
+
+
+def _queue_script(pipe: Pipeline, script: AsyncScript, key: str, *args: str | int) -> None:
+    """`script` on `key` queued as a plain EVALSHA: redis-py's cluster pipeline refuses its
+    script helper, and a single Redis's pipeline would ask SCRIPT EXISTS first (a round trip
+    per batch); a missing script is `_batch`'s to load."""
+    pipe.execute_command("EVALSHA", script.sha, 1, key, *args)
 
 
 def _group(leases: Iterable[Lease]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:

@@ -1,8 +1,11 @@
-"""One viewer: an open event-stream response holding one cursor per channel it follows.
+"""One viewer: an open event-stream response holding one cursor per thing it follows.
 
 A single-run stream is a viewer with one cursor; a stream of several runs (and the lifecycle
-feed) is the same object with more. The hub (`fanout.py`) delivers to cursors; this module is
-what a viewer does with a delivery and everything that cannot be done inline.
+feed) is the same object with more. A run's cursor follows its run's channel; the lifecycle
+feed's cursor follows every lifecycle channel (a cluster keyspace has one per bucket) and is
+ready to catch up once all of them are subscribed, so one snapshot covers them all. The hub
+(`fanout.py`) delivers to cursors; this module is what a viewer does with a delivery and
+everything that cannot be done inline.
 
 The fast path and the service task:
 
@@ -31,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -91,20 +94,28 @@ class ViewerLimits:
 
 
 class Cursor:
-    """A viewer's position in one channel. Subclasses say how to catch up from Redis."""
+    """A viewer's position in what it follows (one channel, or several that are caught up
+    together). Subclasses say how to catch up from Redis."""
 
-    __slots__ = ("channel", "entry", "last", "render", "state", "viewer")
+    __slots__ = ("channels", "entries", "last", "render", "state", "viewer")
 
     #: A terminal event ends this cursor (run channels); lifecycle feeds never end.
     ends_on_terminal = True
 
-    def __init__(self, channel: str, last: StreamId, render: Render | None) -> None:
-        self.channel = channel.encode()
+    def __init__(self, channels: Sequence[str], last: StreamId, render: Render | None) -> None:
+        assert channels, "a cursor follows at least one channel"
+        self.channels = tuple(c.encode() for c in channels)
         self.last = last
         self.render = render
         self.state = LAGGING
-        self.entry: Channel | None = None  # set by the hub on attach
+        self.entries: list[Channel] = []  # set by the hub on attach
         self.viewer: Viewer | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Every channel's subscription is confirmed: a catch-up now misses nothing."""
+        entries = self.entries
+        return bool(entries) and all(e.ready for e in entries)
 
     async def catch_up(self, viewer: Viewer) -> None:
         """Write what the viewer missed after `last`; set `state = DONE` when nothing follows."""
@@ -311,9 +322,7 @@ class Viewer:
             await self.write(preamble)
         try:
             while not self.closing:
-                lagging = [
-                    c for c in self.cursors if c.state == LAGGING and c.entry and c.entry.ready
-                ]
+                lagging = [c for c in self.cursors if c.state == LAGGING and c.ready]
                 if lagging:
                     for c in lagging:
                         c.state = LIVE  # buffering restarts now; the replay comes next
