@@ -17,6 +17,9 @@ Keys (`tidings.keys`):
   worker's entries count until their deadline, then any writer drops them.
 - Every time above is on Redis's clock (`TIME`), like the lease deadlines: workers and gateways on
   hosts whose clocks disagree compare deadlines and publication times written by one another.
+- Reads, publications and renewals are each one script over the three keys, which share one slot
+  in a cluster (namespace-global keys): atomic on a single Redis and a cluster alike, and timed
+  by the clock of the node that holds the catalog.
 
 Decisions:
 - The current version of a workflow, the one a new run gets: among the versions a live worker
@@ -70,11 +73,38 @@ REFRESH_S = 5.0  # how often a worker renews them
 CACHE_S = 1.0  # how long a gateway reuses one read of the catalog
 
 
-async def _now_ms(redis: Redis) -> int:
-    """Now on Redis's clock: every host's deadlines and publication times are compared with one
-    another, so none may use its own clock (one ahead would drop the others' entries)."""
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
+# KEYS: catalog, catalog:versions, catalog:serving. Returns {seconds, micros (TIME), definitions
+# (HGETALL), first publications and serving entries (ZRANGE WITHSCORES each, flat)}.
+_READ = """
+local t = redis.call('TIME')
+return {t[1], t[2], redis.call('HGETALL', KEYS[1]),
+  redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
+  redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')}
+"""
+# KEYS: catalog, catalog:versions, catalog:serving. ARGV: mode (`publish` writes the definitions,
+# `renew` only those that are missing), ttl ms, n, then n (field, definition JSON) pairs, then
+# this worker's serving members. First publications NX; serving entries to now + ttl; entries
+# past their deadline (dead workers') dropped. Returns now (ms).
+_WRITE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[3])
+local set = ARGV[1] == 'publish' and 'HSET' or 'HSETNX'
+for i = 0, n - 1 do
+  redis.call(set, KEYS[1], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
+  redis.call('ZADD', KEYS[2], 'NX', string.format('%d', now), ARGV[4 + 2 * i])
+end
+local deadline = string.format('%d', now + tonumber(ARGV[2]))
+for i = 4 + 2 * n, #ARGV do
+  redis.call('ZADD', KEYS[3], deadline, ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%d', now))
+return now
+"""
+
+
+def _pairs(flat: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+    return list(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _field(name: str, version: str) -> str:
@@ -210,20 +240,18 @@ class Catalog:
         self._view: CatalogView | None = None
         self._read_at = 0.0
         self._validators: dict[tuple[str, str, str], Draft202012Validator] = {}
+        self._read = redis.register_script(_READ)
 
     async def read(self, *, fresh: bool = False) -> CatalogView:
         now = time.monotonic()
         if not fresh and self._view is not None and now - self._read_at < self.cache_s:
             return self._view
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.time()
-            pipe.hgetall(self.keys.catalog)
-            pipe.zrange(self.keys.catalog_versions, 0, -1, withscores=True)
-            pipe.zrange(self.keys.catalog_serving, 0, -1, withscores=True)
-            (seconds, micros), definitions, published, serving = await pipe.execute()
+        keys = [self.keys.catalog, self.keys.catalog_versions, self.keys.catalog_serving]
+        seconds, micros, definitions, published, serving = await self._read(keys=keys)
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        live = [member for member, deadline in serving if deadline >= now_ms]
-        self._view = CatalogView.build(definitions, published, live)
+        live = [member for member, deadline in _pairs(serving) if float(deadline) >= now_ms]
+        first = [(member, float(score)) for member, score in _pairs(published)]
+        self._view = CatalogView.build(dict(_pairs(definitions)), first, live)
         self._read_at = now
         return self._view
 
@@ -332,45 +360,25 @@ class CatalogWriter:
         self.ttl_s = ttl_s
         self.definitions = list(definitions)
         self._members = [f"{_field(d.name, d.version)} {worker}" for d in self.definitions]
+        self._write = redis.register_script(_WRITE)
 
     async def publish(self) -> None:
-        """Write the definitions, first-publication times and this worker's entries; one MULTI."""
-        now = await _now_ms(self.redis)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if self.definitions:
-                pipe.hset(
-                    self.keys.catalog,
-                    mapping={
-                        _field(d.name, d.version): codec.dumps(definition_json(d))
-                        for d in self.definitions
-                    },
-                )
-                pipe.zadd(
-                    self.keys.catalog_versions,
-                    {_field(d.name, d.version): now for d in self.definitions},
-                    nx=True,
-                )
-            self._renew_in(pipe, now)
-            await pipe.execute()
+        """Write the definitions, first-publication times and this worker's entries; one
+        script."""
+        await self._written("publish")
 
     async def renew(self) -> None:
         """Extend this worker's entries, and write back any definition that is gone (a Redis
         that restarted without its data, a flushed key): a worker serving a version the catalog
         no longer defines would leave it unstartable (404) until the worker restarts."""
-        now = await _now_ms(self.redis)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for d in self.definitions:
-                key = _field(d.name, d.version)
-                pipe.hsetnx(self.keys.catalog, key, codec.dumps_str(definition_json(d)))
-                pipe.zadd(self.keys.catalog_versions, {key: now}, nx=True)
-            self._renew_in(pipe, now)
-            await pipe.execute()
+        await self._written("renew")
 
-    def _renew_in(self, pipe: Any, now: int) -> None:
-        if self._members:
-            deadline = now + int(self.ttl_s * 1000)
-            pipe.zadd(self.keys.catalog_serving, dict.fromkeys(self._members, deadline))
-        pipe.zremrangebyscore(self.keys.catalog_serving, "-inf", now)  # dead workers' entries
+    async def _written(self, mode: str) -> None:
+        args: list[str | int] = [mode, int(self.ttl_s * 1000), len(self.definitions)]
+        for d in self.definitions:
+            args += [_field(d.name, d.version), codec.dumps_str(definition_json(d))]
+        keys = [self.keys.catalog, self.keys.catalog_versions, self.keys.catalog_serving]
+        await self._write(keys=keys, args=[*args, *self._members])
 
     async def withdraw(self) -> None:
         if self._members:

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from tidings.bus import Bus
 from tidings.events import Event, EventType
@@ -38,7 +38,28 @@ async def start_workers(
 
 async def listening(redis: Redis, keys: Keys, n: int) -> bool:
     """At least `n` workers are ready (each subscribes to the doorbell once it serves)."""
-    return await workers_listening(redis, keys) >= n
+    return await listening_count(redis, keys) >= n
+
+
+async def listening_count(redis: Redis, keys: Keys) -> int:
+    """How many workers listen on the doorbell: on a single Redis its channel's subscribers; in
+    a cluster the fewest subscribers of any bucket's wake channel (sharded, on its primary)."""
+    if not keys.clustered:
+        return await workers_listening(redis, keys)
+    counts = [await shard_subscribers(redis, keys.wake_channel_in(b)) for b in keys.bucket_ids]
+    return min(counts)
+
+
+async def shard_subscribers(redis: Redis, channel: str) -> int:
+    """How many connections SSUBSCRIBEd `channel` (asked of the primary owning its slot)."""
+    assert isinstance(redis, RedisCluster)
+    await redis.initialize()  # the slot map, once
+    node = redis.get_node_from_key(channel)
+    reply = await redis.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
+    if isinstance(reply, dict):
+        reply = next(iter(reply.values()))
+    flat = [x for pair in reply for x in pair] if reply and isinstance(reply[0], tuple) else reply
+    return int(flat[1])
 
 
 async def until(

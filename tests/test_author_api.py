@@ -20,6 +20,7 @@ from tests.engine_helpers import (
     FAST_LEASES,
     all_events,
     listening,
+    listening_count,
     of_type,
     pid_of,
     until,
@@ -30,7 +31,7 @@ from tidings import codec
 from tidings.bus import Bus
 from tidings.control import Control
 from tidings.events import Event, EventType, RunStatus
-from tidings.jobs import JobQueue
+from tidings.jobs import run_job_id
 from tidings.keys import Keys
 from tidings.runs import RunStore
 from tidings.sdk import Registry, TaskContext
@@ -54,7 +55,7 @@ def start(
     """`await start(module=MODULE, n=1)`: workers serving `module`'s workflows, listening."""
 
     async def make(module: str = MODULE, n: int = 1) -> list[subprocess.Popen[bytes]]:
-        before = await _listening(redis, keys)
+        before = await listening_count(redis, keys)
         env = {**settings_env(**FAST_LEASES), "TIDINGS_TEST_WORKFLOWS": module}
         procs = [
             processes.python("tidings.services.worker", env=env, name=f"worker-{module}")
@@ -64,11 +65,6 @@ def start(
         return procs
 
     return make
-
-
-async def _listening(redis: Redis, keys: Keys) -> int:
-    [(_, count)] = await redis.pubsub_numsub(keys.wake_channel)
-    return int(count)
 
 
 def _events(events: list[Event], type: EventType, task: str | None = None) -> list[Event]:
@@ -363,18 +359,15 @@ async def test_a_worker_never_executes_another_versions_run(
     bus: Bus, redis: Redis, keys: Keys, start: Any
 ) -> None:
     await start(MODULE_V2)
-    queue = JobQueue(redis, keys)
     # A run of version 1 whose job reached a queue a version-2 worker serves.
-    served = keys.queue_for("t_version", "2")
     rec = await RunStore(redis, keys).create(
-        "t_version",
-        {},
-        version="1",
-        also=lambda pipe, rid: queue.enqueue_run_in(pipe, served, rid, 1),
+        "t_version", {}, version="1", job_queue=("t_version", "2")
     )
     lost = await wait_event(bus, rec.run_id, lambda e: e.type is EventType.WORKER_LOST, "handback")
     assert lost.data is not None and lost.data["reason"] == "version" and lost.attempt == 2
-    assert await redis.zscore(keys.queue_for("t_version", "1"), f"run:{rec.run_id}:2") is not None
+    v1 = keys.queue_for("t_version", "1", keys.bucket(rec.run_id))
+    job = run_job_id(rec.run_id, 2, keys.run_tag(rec.run_id))
+    assert await redis.zscore(v1, job) is not None
     await start(MODULE)  # serves version 1: takes it
     end = await wait_terminal(bus, rec.run_id)
     assert end.type is EventType.WORKFLOW_COMPLETED, end.message

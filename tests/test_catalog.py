@@ -231,6 +231,8 @@ async def test_the_gateway_never_imports_workflow_code(
 
     await CatalogWriter(redis, keys, "w1", registry.workflows.values()).publish()
     env = {"REDIS_URL": settings.redis_url or "", "TIDINGS_NAMESPACE": keys.ns, "PATH": ""}
+    if settings.redis_cluster:
+        env["TIDINGS_REDIS_CLUSTER"] = "true"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _CHILD, env=env, stdout=PIPE, stderr=PIPE
     )

@@ -9,7 +9,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import deserialize_job, serialize_job
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 import tests.workflows_for_tests  # noqa: F401
 from tests.engine_helpers import wait_terminal
@@ -33,25 +33,42 @@ def test_a_json_job_round_trips_through_arqs_serializer() -> None:
 
 
 async def test_our_enqueue_writes_what_arq_reads(redis: Redis, keys: Keys) -> None:
-    queue = keys.queue_for("t_steps", "1")
+    queue = keys.queue_for("t_steps", "1", keys.bucket("r1"))
     assert await JobQueue(redis, keys).enqueue_run(queue, "r1", 1)
-    job = deserialize_job(await redis.get(job_key(run_job_id("r1", 1))), deserializer=loads_job)
+    job_id = run_job_id("r1", 1, keys.run_tag("r1"))
+    job = deserialize_job(await redis.get(job_key(job_id)), deserializer=loads_job)
     assert (job.function, list(job.args)) == (RUN_JOB, ["r1", 1])
-    assert await redis.zscore(queue, run_job_id("r1", 1)) is not None
+    assert await redis.zscore(queue, job_id) is not None
 
 
 async def test_a_job_enqueued_by_arq_itself_runs_on_our_worker_and_leaves_no_keys(
     redis: Redis, keys: Keys, bus: Bus, workers: Any
 ) -> None:
     rec = await RunStore(redis, keys).create("t_steps", {"n": 2})  # the record, no job yet
-    job_id, queue = run_job_id(rec.run_id, 1), keys.queue_for("t_steps", "1")
-    pool = ArqRedis(
-        pool_or_conn=redis.connection_pool, job_serializer=dumps_job, job_deserializer=loads_job
-    )
-    job = await pool.enqueue_job(RUN_JOB, rec.run_id, 1, _job_id=job_id, _queue_name=queue)
+    rid = rec.run_id
+    job_id = run_job_id(rid, 1, keys.run_tag(rid))
+    queue = keys.queue_for("t_steps", "1", keys.bucket(rid))
+    pool = await _arq_for(redis, queue)
+    try:
+        job = await pool.enqueue_job(RUN_JOB, rec.run_id, 1, _job_id=job_id, _queue_name=queue)
+    finally:
+        await pool.aclose()
     assert job is not None
     await workers(1)  # no doorbell rang: the worker's poll finds the job
     end = await wait_terminal(bus, rec.run_id)
     assert end.type is EventType.WORKFLOW_COMPLETED, end.message
-    assert not await redis.exists(job_key(job_id), in_progress_key_prefix + job_id)
+    assert not await redis.exists(job_key(job_id))
+    assert not await redis.exists(in_progress_key_prefix + job_id)
     assert await redis.zcard(queue) == 0
+
+
+async def _arq_for(redis: Redis, queue: str) -> ArqRedis:
+    """arq's client for `queue`: on the same server, or in a cluster on the primary owning the
+    queue's slot (arq speaks to one server; the job id's tag keeps its keys in that slot)."""
+    serializers: dict[str, Any] = {"job_serializer": dumps_job, "job_deserializer": loads_job}
+    if not isinstance(redis, RedisCluster):
+        return ArqRedis(pool_or_conn=redis.connection_pool, **serializers)
+    await redis.initialize()
+    node = redis.get_node_from_key(queue)
+    assert node is not None
+    return ArqRedis(host=node.host, port=node.port, **serializers)

@@ -209,15 +209,11 @@ async def test_cancel_during_a_fan_out_stops_its_tasks(
 async def test_a_run_of_a_workflow_the_worker_does_not_know_fails_cleanly(
     bus: Bus, redis: Redis, keys: Keys, workers: Any
 ) -> None:
-    from tidings.jobs import JobQueue
     from tidings.runs import RunStore
 
     # Routing keeps a ghost's jobs on its own queue, which no worker serves; one that reaches a
     # worker anyway (a hand-made job, a stale queue) fails its run instead of hanging.
-    queue, served = JobQueue(redis, keys), keys.queue_for("t_steps", "1")
-    rec = await RunStore(redis, keys).create(
-        "ghost", {}, also=lambda pipe, rid: queue.enqueue_run_in(pipe, served, rid, 1)
-    )
+    rec = await RunStore(redis, keys).create("ghost", {}, job_queue=("t_steps", "1"))
     await workers(1)
     end = await wait_terminal(bus, rec.run_id)
     assert end.type is EventType.WORKFLOW_FAILED and "ghost" in end.message

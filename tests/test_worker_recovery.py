@@ -178,8 +178,8 @@ async def test_a_queued_run_whose_job_vanished_is_enqueued_again(
     from tidings.jobs import job_key, run_job_id
 
     rec = await control.start("t_steps", {"n": 2})
-    job_id = run_job_id(rec.run_id, 1)
-    await redis.zrem(keys.queue_for("t_steps", "1"), job_id)
+    job_id = run_job_id(rec.run_id, 1, keys.run_tag(rec.run_id))
+    await redis.zrem(keys.queue_for("t_steps", "1", keys.bucket(rec.run_id)), job_id)
     await redis.delete(job_key(job_id))
     await start_workers(processes, settings_env, redis, keys, 1, **FAST_LEASES)
     end = await wait_terminal(bus, rec.run_id)

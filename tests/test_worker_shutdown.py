@@ -41,24 +41,28 @@ _FINISHED = (b"completed", b"failed", b"cancelled")
 
 
 async def _stranded(redis: Redis, keys: Keys, run_ids: list[str]) -> list[str]:
-    """Unfinished runs with neither a lease nor their job queued, from one atomic snapshot."""
-    async with redis.pipeline(transaction=True) as pipe:
-        for rid in run_ids:
-            pipe.hmget(keys.run(rid), ["status", "attempt"])
-            pipe.get(keys.lease(rid))
-        for workflow in ("research", "monty"):
-            pipe.zrange(keys.queue_for(workflow, "1"), 0, -1)
-        *replies, research, monty = await pipe.execute()
-    jobs = {job.decode() for job in research + monty}
+    """Unfinished runs with neither a lease nor their job queued, each from one atomic snapshot
+    (a script over the run's slot: its record, its lease and its bucket's queues)."""
     out = []
-    for i, rid in enumerate(run_ids):
-        (status, attempt), lease = replies[2 * i], replies[2 * i + 1]
+    for rid in run_ids:
+        queues = [keys.queue_for(wf, "1", keys.bucket(rid)) for wf in ("research", "monty")]
+        status, attempt, lease, research, monty = await redis.eval(
+            _SNAPSHOT, 4, keys.run(rid), keys.lease(rid), *queues
+        )  # type: ignore[misc]
         if status in _FINISHED or lease is not None:
             continue
-        if status == b"queued" and run_job_id(rid, int(attempt)) in jobs:
+        jobs = {job.decode() for job in research + monty}
+        if status == b"queued" and run_job_id(rid, int(attempt), keys.run_tag(rid)) in jobs:
             continue
         out.append(f"{rid}: {status!r}, attempt {attempt!r}, no lease, no job")
     return out
+
+
+_SNAPSHOT = """
+local h = redis.call('HMGET', KEYS[1], 'status', 'attempt')
+return {h[1], h[2], redis.call('GET', KEYS[2]), redis.call('ZRANGE', KEYS[3], 0, -1),
+  redis.call('ZRANGE', KEYS[4], 0, -1)}
+"""
 
 
 async def _holding(redis: Redis, keys: Keys, run_ids: list[str], name: str) -> bool:

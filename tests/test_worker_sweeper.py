@@ -54,7 +54,7 @@ async def test_a_missing_lease_is_given_a_full_ttl_to_come_back_before_the_run_i
     assert await sweeper.sweep_pass() == 0
     # And loses it again (its lease gone, its deadline due): the clock starts over.
     await redis.delete(keys.lease(renewed))
-    await redis.zadd(keys.lease_deadlines, {renewed: 1})
+    await redis.zadd(keys.lease_deadlines_of(renewed), {renewed: 1})
     await asyncio.sleep(0.3)
     assert await sweeper.sweep_pass() == 1  # only the abandoned run, a full grace after
     assert (await store.get(abandoned)).attempt == 2
@@ -79,15 +79,17 @@ async def test_a_sweeper_leaves_alone_the_runs_its_own_worker_holds(
 
 
 async def test_a_holder_missing_from_client_list_counts_only_once_our_own_connection_settled(
-    redis_url: str,
+    redis_url: str, settings: Settings
 ) -> None:
     # Right after a restart of Redis every connection is new and live workers are still
     # reconnecting: an absent holder then proves nothing.
     from tidings.redis import connect
     from tidings.services.worker.liveness import Liveness, client_name
 
-    named = connect(redis_url, client_name=client_name("sweeper-test"))
+    cluster = settings.redis_cluster
+    named = connect(redis_url, cluster=cluster, client_name=client_name("sweeper-test"))
     try:
+        await named.ping()  # a cluster client connects to its nodes as it uses them
         liveness = Liveness(named, "sweeper-test", grace_s=0, settle_s=1.0)
         assert await liveness.gone({"ghost-worker"}) == set()  # our connection is brand new
         await asyncio.sleep(2.1)  # CLIENT LIST counts a connection's age in whole seconds
@@ -108,11 +110,12 @@ async def test_a_sweep_reads_only_the_leases_that_fell_due(
     engine = Engine.build(settings, redis, name="sweeper-test")
     sweeper = Sweeper(engine, grace_s=0)
     await sweeper.audit()  # every active run has its deadline: nothing to add
-    assert await redis.zcard(keys.lease_deadlines) == len(held)
+    deadlines = [await redis.zcard(keys.lease_deadlines_in(b)) for b in keys.bucket_ids]
+    assert sum(deadlines) == len(held)
     assert await sweeper.sweep_due() == 0
     assert sweeper._last_due == 0  # not one lease read
     await redis.delete(keys.lease(held[0]))  # its holder died: the lease lapses...
-    await redis.zadd(keys.lease_deadlines, {held[0]: 1})  # ...at its deadline
+    await redis.zadd(keys.lease_deadlines_of(held[0]), {held[0]: 1})  # ...at its deadline
     assert await sweeper.sweep_due() == 1
     assert sweeper._last_due == 1
     assert (await store.get(held[0])).attempt == 2
@@ -142,7 +145,8 @@ async def test_the_runs_of_a_registered_worker_without_connections_are_reclaimed
     ghost = Leases(redis, keys, "ghost-worker", ttl_ms=300_000)  # a lease far from lapsing
     assert await ghost.refresh_run(None, rid, 1) == b"ok"
     await redis.hset(keys.workers, "ghost-worker", "1")  # registered, never connected
-    named = connect(redis_url, client_name=client_name("sweeper-test"))
+    cluster = settings.redis_cluster
+    named = connect(redis_url, cluster=cluster, client_name=client_name("sweeper-test"))
     try:
         engine = Engine.build(settings, named, name="sweeper-test")
         sweeper = Sweeper(engine, Liveness(named, "sweeper-test", grace_s=0, settle_s=0))
@@ -171,5 +175,5 @@ async def test_a_record_that_cannot_name_a_queue_never_stalls_the_sweep(
     assert await sweeper.sweep_pass() == 1
     assert (await store.get(orphan)).attempt == 2
     assert (await store.get(broken)).attempt == 1  # left as it is, for a person to look at
-    assert await redis.zscore(keys.lease_deadlines, broken) is None  # and not read again
+    assert await redis.zscore(keys.lease_deadlines_of(broken), broken) is None  # and not read again
     assert await sweeper.sweep_pass() == 0

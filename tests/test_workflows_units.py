@@ -81,7 +81,8 @@ async def test_control_with_the_code_loaded_turns_a_cyclic_chain_into_invalid_in
         await control.start("prompt_chain", bad)
     assert caught.value.status == 422
     assert "cycle" in str(caught.value.errors)
-    assert await redis.zcard(keys.runs) == 0  # nothing half-created
+    for bucket in keys.bucket_ids:  # nothing half-created
+        assert await redis.zcard(keys.runs_in(bucket)) == 0
 
 
 # --- other inputs --------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from tidings.settings import Settings, cluster_refusal
+from tidings.settings import Settings
 
 from .loading import LoadError
 from .main import run_worker
@@ -17,9 +17,6 @@ def main() -> None:
     except ValueError as exc:
         sys.stderr.write(f"tidings worker: {exc}\n")
         sys.exit(1)
-    if refusal := cluster_refusal(settings):
-        sys.stderr.write(f"tidings worker: {refusal}\n")
-        sys.exit(2)
     level = getattr(logging, settings.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -9,8 +9,10 @@ claim, a bounded hand-back on SIGTERM) meant replacing arq's `main`, `start_jobs
 slot bookkeeping, which no arq release promises to keep.
 
 - Queues: a dispatcher serves the list of queue keys it is given (one per workflow version this
-  worker loaded, `Keys.queue_for`). The claim script takes its queue as a key, so routing by
-  workflow, version or shard only changes that list.
+  worker loaded, `Keys.queue_for`; in a cluster one per version and bucket, `Keys.queues_for`).
+  The claim script takes its queue as a key, so routing by workflow, version or bucket only
+  changes that list. A job id carries its run's bucket tag, so the queue, `arq:job:<id>` and
+  `arq:in-progress:<id>` share a slot and the claim stays one script.
 - Waking: the doorbell (`doorbell`) names the queue and the job (`job <wf>:<version> <id>`), so
   a woken worker that serves that queue claims the job directly (`offer`) without reading the
   queue first; jobs of queues it does not serve are ignored. A finished job wakes the poller (a
@@ -273,7 +275,9 @@ class Dispatcher:
         """What arq does when a job ends and keeps no result: its keys and queue entry go."""
         try:
             async with self.engine.redis.pipeline(transaction=False) as pipe:
-                pipe.delete(job_key(job_id), in_progress_key_prefix + job_id)
+                # One key a DEL: a cluster pipeline takes no multi-key DEL (same slot or not).
+                pipe.delete(job_key(job_id))
+                pipe.delete(in_progress_key_prefix + job_id)
                 pipe.zrem(queue, job_id)
                 await pipe.execute()
         except (ConnectionError, TimeoutError, OSError, RedisError) as exc:

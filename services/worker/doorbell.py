@@ -8,6 +8,10 @@ Each (re)subscription also registers the worker in `<ns>:workers` (name → ms):
 CLIENT LIST only about registered workers (`liveness`), and a worker cut off long enough to be
 taken for gone registers again as soon as it is back. The poller is woken too, for anything
 enqueued while the doorbell was not listening.
+
+On a single Redis the doorbell is the one wake channel, SUBSCRIBEd. In a cluster each bucket has
+its own, sharded (SPUBLISH by the enqueue script, in the run's slot): `sharded_doorbell` holds
+the SSUBSCRIBEs on the primaries owning them and starts over whenever one may have moved.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from tidings.events import now_ms
 
 from .context import Engine
 from .dispatch import Dispatcher
+from .liveness import client_name
 from .outage import OUTAGE_ERRORS, OutageNotice
+from .sharded_doorbell import ShardedDoorbell
 
 __all__ = ["listen_doorbell", "register", "unregister"]
 
@@ -40,6 +46,9 @@ async def unregister(engine: Engine) -> None:
 
 
 async def listen_doorbell(engine: Engine, dispatcher: Dispatcher) -> None:
+    if engine.keys.clustered:
+        await _listen_sharded(engine, dispatcher)
+        return
     outage = OutageNotice("doorbell")
     while True:
         pubsub = engine.redis.pubsub(ignore_subscribe_messages=True)
@@ -63,6 +72,36 @@ async def listen_doorbell(engine: Engine, dispatcher: Dispatcher) -> None:
             await asyncio.sleep(_RECONNECT_S)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+async def _listen_sharded(engine: Engine, dispatcher: Dispatcher) -> None:
+    async def ready() -> None:
+        if not engine.closing:
+            await register(engine)
+        outage.ok()
+        dispatcher.wake()  # anything enqueued while we were not listening
+
+    keys, url = engine.keys, engine.settings.redis_url
+    assert url, "a worker needs REDIS_URL"
+    bell = ShardedDoorbell(
+        url,
+        [keys.wake_channel_in(b) for b in keys.bucket_ids],
+        client_name(engine.name),
+        lambda data: _route(engine, dispatcher, data),
+        ready,
+    )
+    outage = OutageNotice("doorbell")
+    while True:
+        try:
+            await bell.session()
+        except asyncio.CancelledError:
+            raise
+        except OUTAGE_ERRORS as exc:
+            outage.failed(exc)
+        except Exception:
+            logger.warning("doorbell connection lost; reconnecting", exc_info=True)
+        dispatcher.wake()  # a session ended: what it may have missed is found by polling
+        await asyncio.sleep(_RECONNECT_S)
 
 
 def _route(engine: Engine, dispatcher: Dispatcher, data: Any) -> None:

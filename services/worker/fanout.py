@@ -39,9 +39,10 @@ from pydantic import ValidationError
 
 from tidings import codec
 from tidings.events import EventType
-from tidings.jobs import TASK_JOB, queue_of, task_job_id
+from tidings.jobs import TASK_JOB, task_job_id
 from tidings.sdk import ReplayMismatch, TaskFailed, TaskSpec, registry
 
+from .context import run_queue
 from .messages import failed_message, retrying_message
 from .outage import until_redis
 from .replay import adapter_for, describe_invalid, typed
@@ -72,7 +73,8 @@ async def run_parallel(
     # An unknown activity fails the run here, before anything is enqueued.
     adapters = {tid: adapter_for(registry.get_activity(by_id[tid].activity).fn) for tid in ids}
     meter = _Meter(run, span, len(ids))
-    queue = queue_of(keys, run)
+    queue = run_queue(keys, run.run_id, run.workflow, run.version)
+    tag = keys.run_tag(run.run_id)
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for tid in ids:
@@ -88,7 +90,14 @@ async def run_parallel(
         await run.checkpoint()
         tries = {tid: 0 for tid in pending}
 
+        def enqueue(tid: str, client: Any = None) -> Any:
+            job_id = task_job_id(run.run_id, tid, run.attempt, 0, tag)
+            return engine.queue.enqueue(
+                TASK_JOB, job_id, run.run_id, tid, run.attempt, 0, queue=queue, client=client
+            )
+
         async def enqueue_all() -> None:
+            # The specs are written before any job is queued: a claim reads its task's spec.
             async with redis.pipeline(transaction=False) as pipe:
                 pipe.delete(keys.done(run.run_id))
                 specs_json = {tid: _spec_json(run, by_id[tid], meter.share) for tid in pending}
@@ -96,21 +105,15 @@ async def run_parallel(
                     keys.tasks(run.run_id),
                     mapping={tid: codec.dumps(spec) for tid, spec in specs_json.items()},
                 )
-                for tid in pending:
-                    await engine.queue.enqueue(
-                        TASK_JOB,
-                        task_job_id(run.run_id, tid, run.attempt, 0),
-                        run.run_id,
-                        tid,
-                        run.attempt,
-                        0,
-                        queue=queue,
-                        client=pipe,
-                    )
+                if not keys.clustered:
+                    for tid in pending:
+                        await enqueue(tid, pipe)
                 await pipe.execute()
+            if keys.clustered:  # a cluster pipeline takes no script of the queue's
+                await asyncio.gather(*(enqueue(tid) for tid in pending))
 
         await until_redis(enqueue_all, f"run {run.run_id}: enqueue {group}")
-        await _wait(run, by_id, tries, results, failed, meter)
+        await _wait(run, by_id, tries, results, failed, meter, queue)
     if failed:
         first = next(tid for tid in ids if tid in failed)
         raise TaskFailed(f"task {first} failed: {failed[first]}")
@@ -171,6 +174,7 @@ async def _wait(
     results: dict[str, Any],
     failed: dict[str, str],
     meter: _Meter,
+    queue: str,
 ) -> None:
     engine = run.engine
     keys, redis = engine.keys, engine.redis
@@ -181,7 +185,8 @@ async def _wait(
     what = f"run {run.run_id}: wait for tasks"
     while tries:
         pending = list(tries)
-        done, fails, *probes = await until_redis(partial(_snapshot, run, pending, tries), what)
+        snapshot = partial(_snapshot, run, pending, tries, queue)
+        done, fails, *probes = await until_redis(snapshot, what)
         now = loop.time()
         lost: list[str] = []
         for i, tid in enumerate(pending):
@@ -223,12 +228,12 @@ async def _wait(
                 partial(
                     engine.queue.enqueue,
                     TASK_JOB,
-                    task_job_id(run.run_id, tid, run.attempt, tries[tid]),
+                    task_job_id(run.run_id, tid, run.attempt, tries[tid], keys.run_tag(run.run_id)),
                     run.run_id,
                     tid,
                     run.attempt,
                     tries[tid],
-                    queue=queue_of(keys, run),
+                    queue=queue,
                 ),
                 what,
             )
@@ -241,25 +246,25 @@ async def _wait(
         await asyncio.sleep(0)
 
 
-async def _snapshot(run: RunHandle, pending: list[str], tries: dict[str, int]) -> list[Any]:
+async def _snapshot(
+    run: RunHandle, pending: list[str], tries: dict[str, int], queue: str
+) -> list[Any]:
     """Committed results and failures, then per task: leased, queued, next try queued.
 
-    One MULTI: an atomic snapshot, so a claim (ZREM + lease, one script) between two probes
-    cannot make a task look lost.
+    One script: an atomic snapshot, so a claim (ZREM + lease, one script) between two probes
+    cannot make a task look lost. Its keys (the run's steps and task leases, its bucket's queue)
+    share the run's slot in a cluster.
     """
-    keys = run.engine.keys
-    queue = queue_of(keys, run)
-    async with run.engine.redis.pipeline(transaction=True) as pipe:
-        pipe.hmget(keys.steps(run.run_id), [f"task:{t}" for t in pending])
-        pipe.hmget(keys.steps(run.run_id), [f"fail:{t}" for t in pending])
-        for tid in pending:
-            pipe.exists(keys.task_lease(run.run_id, tid))
-            job = task_job_id(run.run_id, tid, run.attempt, tries[tid])
-            nxt = task_job_id(run.run_id, tid, run.attempt, tries[tid] + 1)
-            pipe.zscore(queue, job)
-            pipe.zscore(queue, nxt)
-        replies: list[Any] = await pipe.execute()
-    return replies
+    engine = run.engine
+    rid, tag = run.run_id, engine.keys.run_tag(run.run_id)
+    jobs = [
+        (
+            task_job_id(rid, tid, run.attempt, tries[tid], tag),
+            task_job_id(rid, tid, run.attempt, tries[tid] + 1, tag),
+        )
+        for tid in pending
+    ]
+    return await engine.leases.probe_tasks(rid, queue, pending, jobs)
 
 
 async def _give_up(run: RunHandle, spec: TaskSpec[Any], tid: str, tries: int) -> str:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 from tidings.errors import Fenced, NotFound, RunFinished
 from tidings.events import EventType
-from tidings.jobs import queue_of, queue_of_fields, run_job_id
+from tidings.jobs import RUN_JOB, run_job_id
 
-from .context import Engine
+from .context import Engine, record_queue, run_queue
 
 if TYPE_CHECKING:
     from .run import RunHandle
@@ -60,10 +60,12 @@ async def hand_back_run(engine: Engine, run_id: str) -> None:
         return  # fenced, finished or already handed back: nothing of ours to give
     attempt, queue = handle.attempt, await _queue(engine, handle)
     try:
+        if queue is None:
+            return  # the record is gone: nothing to move
         reclaimed = await engine.leases.reclaim(
             run_id,
             attempt,
-            run_job_id(run_id, attempt),
+            run_job_id(run_id, attempt, engine.keys.run_tag(run_id)),
             queue,
             held_as=engine.leases.run_value(attempt),
         )
@@ -77,16 +79,16 @@ async def hand_back_run(engine: Engine, run_id: str) -> None:
     await requeue(engine, run_id, new, message, data, queue)
 
 
-async def _queue(engine: Engine, handle: RunHandle) -> str:
+async def _queue(engine: Engine, handle: RunHandle) -> str | None:
     """The run's queue; read from its record when the run was claimed but not loaded yet (a job
-    claimed while the worker stops hands its run back before loading it)."""
+    claimed while the worker stops hands its run back before loading it). None: no record."""
     if handle.workflow:
-        return queue_of(engine.keys, handle)
+        return run_queue(engine.keys, handle.run_id, handle.workflow, handle.version)
     key = engine.keys.run(handle.run_id)
     workflow, version = await engine.redis.hmget(key, ["workflow", "version"])  # type: ignore[misc]
     if not workflow:
-        return ""  # the record is gone: the reclaim finds nothing to move
-    return queue_of_fields(engine.keys, workflow, version)
+        return None
+    return record_queue(engine.keys, handle.run_id, workflow, version)
 
 
 async def hand_back_task(engine: Engine, job_id: str) -> None:
@@ -127,6 +129,7 @@ async def requeue(
     except _GONE as exc:
         logger.info("run %s not re-enqueued: %s", run_id, exc)
         return False
-    await engine.queue.enqueue_run(queue, run_id, attempt, defer_ms=defer_ms)
+    job_id = run_job_id(run_id, attempt, engine.keys.run_tag(run_id))
+    await engine.queue.enqueue(RUN_JOB, job_id, run_id, attempt, queue=queue, defer_ms=defer_ms)
     logger.warning("run %s: %s", run_id, message)
     return True

@@ -14,17 +14,26 @@ run's entry in `<ns>:lease_deadlines`: run id → the moment the lease lapses, o
 (`TIME`), so a sweep reads only the entries that fell due instead of every lease (`sweeper`).
 Releasing a lease leaves its entry alone: the run is looked at when it falls due, and a run that
 ended is dropped from the set then. Task leases have no entry: their run watches them (`fanout`).
+
+Cluster: every script touches one slot. A run's hash, its leases, its bucket's lease deadlines
+(`Keys.lease_deadlines_of`) and its bucket's queue (a run's jobs, its tasks' included, go to the
+queue of its bucket) all carry the bucket's hash tag. Queued into a pipeline, a script goes as
+EVAL with its body in a cluster (`call_script`): redis-py's cluster pipeline refuses EVALSHA, and a
+node that never saw the script would answer NOSCRIPT.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline
+from redis.commands.core import AsyncScript
 
 from tidings.keys import Keys
 
-__all__ = ["Leases"]
+__all__ = ["Leases", "call_script"]
 
 # The lease's deadline on Redis's clock, for `<ns>:lease_deadlines`: now (ms) + a ttl (ms).
 _DEADLINE = """
@@ -116,6 +125,23 @@ return {new, h[3] or ''}
 """
 )
 
+# KEYS: the run's steps, its queue, then each task's lease. ARGV: for each task its id, its
+# current try's job id and its next try's. Returns {results, failures, then per task:
+# leased (0/1), current job's score or nil, next job's score or nil}.
+_PROBE_TASKS = """
+local done, fails, out = {}, {}, {}
+for i = 3, #KEYS do
+  local a = (i - 3) * 3
+  done[i - 2] = redis.call('HGET', KEYS[1], 'task:' .. ARGV[a + 1])
+  fails[i - 2] = redis.call('HGET', KEYS[1], 'fail:' .. ARGV[a + 1])
+  out[a + 3] = redis.call('EXISTS', KEYS[i])
+  out[a + 4] = redis.call('ZSCORE', KEYS[2], ARGV[a + 2])
+  out[a + 5] = redis.call('ZSCORE', KEYS[2], ARGV[a + 3])
+end
+out[1], out[2] = done, fails
+return out
+"""
+
 # KEYS: run hash, target. ARGV: attempt, value. A fenced SET (the state snapshot).
 _FENCED_SET = """
 local h = redis.call('HMGET', KEYS[1], 'attempt', 'status')
@@ -124,6 +150,20 @@ if h[2] == 'completed' or h[2] == 'failed' or h[2] == 'cancelled' then return 'f
 redis.call('SET', KEYS[2], ARGV[2])
 return 'ok'
 """
+
+
+def call_script(
+    script: AsyncScript, keys: Sequence[str], args: Sequence[Any], client: Any = None
+) -> Any:
+    """`script(keys, args)`: awaitable, or queued into `client` (a pipeline; await it too). A
+    cluster's pipeline gets it as EVAL with the body (module docstring)."""
+    if isinstance(client, ClusterPipeline):
+        return _queued(client.execute_command("EVAL", script.script, len(keys), *keys, *args))
+    return script(keys=keys, args=args, client=client)
+
+
+async def _queued(pipe: Any) -> Any:
+    return pipe
 
 
 def _word(reply: Any) -> str:
@@ -142,6 +182,7 @@ class Leases:
         self._release = redis.register_script(_RELEASE)
         self._reclaim = redis.register_script(_RECLAIM)
         self._fenced_set = redis.register_script(_FENCED_SET)
+        self._probe_tasks = redis.register_script(_PROBE_TASKS)
 
     def run_value(self, attempt: int) -> str:
         return f"{self.worker} {attempt}"
@@ -152,7 +193,12 @@ class Leases:
     async def claim_run(self, run_id: str, attempt: int, job_id: str, queue: str) -> str:
         """Take the run's lease for `attempt` and its job off `queue`: 'ok', or why not."""
         reply = await self._claim_run(
-            keys=[self.keys.run(run_id), self.keys.lease(run_id), queue, self.keys.lease_deadlines],
+            keys=[
+                self.keys.run(run_id),
+                self.keys.lease(run_id),
+                queue,
+                self.keys.lease_deadlines_of(run_id),
+            ],
             args=[attempt, self.run_value(attempt), self.ttl_ms, job_id, run_id],
         )
         return _word(reply)
@@ -176,22 +222,25 @@ class Leases:
         return _word(reply), None
 
     def refresh_run(self, pipe: Any, run_id: str, attempt: int) -> Any:
-        return self._refresh(
-            keys=[self.keys.run(run_id), self.keys.lease(run_id), self.keys.lease_deadlines],
-            args=[attempt, self.run_value(attempt), self.ttl_ms, run_id],
-            client=pipe,
+        keys = self.keys
+        return call_script(
+            self._refresh,
+            [keys.run(run_id), keys.lease(run_id), keys.lease_deadlines_of(run_id)],
+            [attempt, self.run_value(attempt), self.ttl_ms, run_id],
+            pipe,
         )
 
     def refresh_task(self, pipe: Any, run_id: str, task_id: str, attempt: int, try_: int) -> Any:
-        return self._refresh(
-            keys=[self.keys.run(run_id), self.keys.task_lease(run_id, task_id)],
-            args=[attempt, self.task_value(attempt, try_), self.ttl_ms],
-            client=pipe,
+        return call_script(
+            self._refresh,
+            [self.keys.run(run_id), self.keys.task_lease(run_id, task_id)],
+            [attempt, self.task_value(attempt, try_), self.ttl_ms],
+            pipe,
         )
 
     def release(self, key: str, value: str, client: Any = None) -> Any:
         """Delete `key` if it still holds `value` (ours); awaitable, or queued into `client`."""
-        return self._release(keys=[key], args=[value], client=client)
+        return call_script(self._release, [key], [value], client)
 
     async def reclaim(
         self, run_id: str, attempt: int, job_id: str, queue: str, *, held_as: str | None = None
@@ -213,9 +262,11 @@ class Leases:
         held_as: str | None = None,
     ) -> Any:
         """`reclaim` queued into `pipe` (awaitable when `pipe` is None); see `reclaimed`."""
-        return self._reclaim(
-            keys=[self.keys.run(run_id), self.keys.lease(run_id), queue, self.keys.lease_deadlines],
-            args=[
+        keys = self.keys
+        return call_script(
+            self._reclaim,
+            [keys.run(run_id), keys.lease(run_id), queue, keys.lease_deadlines_of(run_id)],
+            [
                 attempt,
                 "lost" if held_as is None else "held",
                 held_as or "",
@@ -223,7 +274,7 @@ class Leases:
                 job_id,
                 run_id,
             ],
-            client=pipe,
+            pipe,
         )
 
     @staticmethod
@@ -232,6 +283,20 @@ class Leases:
             return None
         new, worker = reply
         return int(new), _word(worker)
+
+    async def probe_tasks(
+        self, run_id: str, queue: str, task_ids: Sequence[str], jobs: Sequence[tuple[str, str]]
+    ) -> list[Any]:
+        """What a run waiting on its tasks reads (`fanout`), atomically: the committed results
+        and failures of `task_ids` (two lists), then per task whether it is leased, and the
+        queue scores of its current and next try's jobs (`jobs`: their ids) or None."""
+        args: list[str] = []
+        for tid, (job, nxt) in zip(task_ids, jobs, strict=True):
+            args += [tid, job, nxt]
+        leases = [self.keys.task_lease(run_id, tid) for tid in task_ids]
+        keys = [self.keys.steps(run_id), queue, *leases]
+        replies: list[Any] = await self._probe_tasks(keys=keys, args=args)
+        return replies
 
     async def fenced_set(self, run_id: str, attempt: int, key: str, value: bytes | str) -> str:
         return _word(

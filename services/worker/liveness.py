@@ -15,14 +15,20 @@ oldest connection is `settle_s` old, i.e. the list is not read in the first mome
 outage. A frozen worker (SIGSTOP, a partition) keeps its connections and is recovered by the
 lease's TTL as before. Where CLIENT LIST is not allowed (some managed Redis), the fast path
 switches itself off.
+
+In a cluster a worker's connections are spread over every primary (each holds the keys of some
+buckets), so every primary is asked: a worker listed by any of them is connected, and the lists
+count only when the asking worker's own oldest connection on each primary is `settle_s` old (a
+primary just promoted by a failover has only new connections; its list says nothing yet).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 __all__ = ["CLIENT_PREFIX", "Liveness", "client_name"]
@@ -61,17 +67,19 @@ class Liveness:
             self._missing_since.clear()
             return set()
         try:
-            clients = await self.redis.client_list()
+            lists = await self._client_lists()
         except ResponseError as exc:
             self.enabled = False
             logger.warning("CLIENT LIST refused (%s): crash detection falls back to leases", exc)
             return set()
-        own_ages = [int(c.get("age", 0)) for c in clients if c.get("name") == self.own_name]
-        if not own_ages or max(own_ages) < self.settle_s:
-            self._missing_since.clear()  # we have just (re)connected: so may everyone else
-            return set()
+        for clients in lists:
+            own_ages = [int(c.get("age", 0)) for c in clients if c.get("name") == self.own_name]
+            if not own_ages or max(own_ages) < self.settle_s:
+                self._missing_since.clear()  # we have just (re)connected: so may everyone else
+                return set()
         connected = {
             c["name"][len(CLIENT_PREFIX) :]
+            for clients in lists
             for c in clients
             if c.get("name", "").startswith(CLIENT_PREFIX)
         }
@@ -86,3 +94,12 @@ class Liveness:
             if holder not in holders:
                 del self._missing_since[holder]
         return gone
+
+    async def _client_lists(self) -> list[list[dict[str, Any]]]:
+        """CLIENT LIST of the server, or of each primary of a cluster."""
+        if not isinstance(self.redis, RedisCluster):
+            return [await self.redis.client_list()]
+        reply = await self.redis.client_list(target_nodes=RedisCluster.PRIMARIES)
+        if isinstance(reply, dict):  # one list per primary (a one-primary cluster: the list)
+            return list(reply.values())
+        return [reply]

@@ -18,12 +18,11 @@ from collections.abc import Sequence
 
 from tidings.catalog import CatalogWriter
 from tidings.jobs import RUN_JOB, TASK_JOB
-from tidings.redis import connect
 from tidings.runs import ensure_schema
 from tidings.sdk import registry
 from tidings.settings import Settings
 
-from .context import Engine, worker_name
+from .context import Engine, connect_worker, worker_name
 from .dispatch import Dispatcher, JobFunction
 from .doorbell import listen_doorbell, unregister
 from .handback import hand_back
@@ -63,10 +62,10 @@ async def serve(
         raise ValueError("a worker needs REDIS_URL (or TIDINGS_REDIS_URL)")
     name = name or worker_name()
     # Named connections: the sweeping worker tells from CLIENT LIST that we are alive.
-    redis = connect(settings.redis_url, client_name=client_name(name))
+    redis = connect_worker(settings, client_name(name))
     engine = Engine.build(settings, redis, name)
     await ensure_schema(redis, engine.keys)
-    queues = [engine.keys.queue_for(wf, version) for wf, version in served_pairs()]
+    queues = [q for wf, version in served_pairs() for q in engine.keys.queues_for(wf, version)]
     functions: dict[str, JobFunction] = {RUN_JOB: execute_run_job, TASK_JOB: execute_task_job}
     dispatcher = Dispatcher(engine, queues, functions)
     stopping = stop or asyncio.Event()

@@ -45,6 +45,12 @@ reading the leases of the runs in `<ns>:lease_deadlines` (once per worker lost, 
 and reclaimed the same way, fenced on the exact lease value, without waiting for the TTL; a
 worker left holding nothing is dropped from the registry. Hand-back (SIGTERM, `handback`) is the
 same move made by the holder itself, at once, for all its runs.
+
+Buckets: the indexes above exist once per bucket (`Keys.lease_deadlines_in`, `active_in`; one
+on a single Redis, one per bucket in a cluster, each in its bucket's slot with the runs it
+indexes, so the lease scripts stay on one slot). A sweep reads the due entries of every bucket
+(a batch each, one `_DUE` script per bucket, each on its node's clock), an audit one window of
+every bucket's `active`. The turn's lock and the registry of workers are namespace-global keys.
 """
 
 from __future__ import annotations
@@ -55,10 +61,10 @@ import logging
 import time
 from typing import Any
 
-from tidings.jobs import queue_of_fields, run_job_id
+from tidings.jobs import run_job_id
 from tidings.keys import Keys
 
-from .context import Engine
+from .context import Engine, record_queue
 from .handback import requeue
 from .liveness import Liveness
 from .outage import OUTAGE_ERRORS, OutageNotice
@@ -113,8 +119,8 @@ class Sweeper:
         self.engine = engine
         self.liveness = liveness
         self.grace_s = engine.settings.lease_ttl_ms / 1000 if grace_s is None else grace_s
-        self._audit_offset = 0
-        self._last_due = 0  # how many entries the last sweep found due
+        self._audit_offsets = [0] * len(engine.keys.bucket_ids)  # per bucket
+        self._last_due = 0  # the most entries the last sweep found due in one bucket
         self._unleased_since: dict[str, tuple[float, float]] = {}  # run → (first seen, deadline)
         redis = engine.redis
         self._turn = redis.register_script(_TURN)
@@ -138,9 +144,9 @@ class Sweeper:
     async def sweep_pass(self) -> int:
         """Audit every active run, then sweep until no due entry is left to act on; returns how
         many runs were re-enqueued (what a test or a tool calls; the loop goes step by step)."""
-        self._audit_offset = 0
+        self._audit_offsets = [0] * len(self._audit_offsets)
         await self.audit()
-        while self._audit_offset:
+        while any(self._audit_offsets):
             await self.audit()
         recovered = await self.sweep_due()
         for _ in range(1000):  # more may be due than one batch: on until a batch is not full
@@ -150,30 +156,59 @@ class Sweeper:
         return recovered
 
     async def audit(self) -> None:
-        """Give the runs of the next window of `<ns>:active` without a deadline one due now."""
-        engine, keys = self.engine, self.engine.keys
-        offset = self._audit_offset
-        ids = await engine.redis.zrange(keys.active, offset, offset + _BATCH - 1)
-        self._audit_offset = offset + len(ids) if len(ids) == _BATCH else 0
-        if not ids:
+        """Give the runs of the next window of each bucket's `<ns>:active` without a deadline
+        one due now (the entry goes to the deadlines of the run's own bucket)."""
+        redis, keys = self.engine.redis, self.engine.keys
+        buckets = list(keys.bucket_ids)
+        async with redis.pipeline(transaction=False) as pipe:
+            for b in buckets:
+                offset = self._audit_offsets[b]
+                pipe.zrange(keys.active_in(b), offset, offset + _BATCH - 1)
+            windows: list[Any] = await pipe.execute()
+        for b, ids in zip(buckets, windows, strict=True):
+            self._audit_offsets[b] = self._audit_offsets[b] + len(ids) if len(ids) == _BATCH else 0
+        seen = [(b, ids) for b, ids in zip(buckets, windows, strict=True) if ids]
+        if not seen:
             return
-        scores = await engine.redis.zmscore(keys.lease_deadlines, ids)
-        missing = {rid: 0 for rid, score in zip(ids, scores, strict=True) if score is None}
-        if missing:
-            await engine.redis.zadd(keys.lease_deadlines, missing, nx=True)
+        async with redis.pipeline(transaction=False) as pipe:
+            for b, ids in seen:
+                pipe.zmscore(keys.lease_deadlines_in(b), ids)
+            scores = await pipe.execute()
+        async with redis.pipeline(transaction=False) as pipe:
+            for (b, ids), found in zip(seen, scores, strict=True):
+                missing = {rid: 0 for rid, score in zip(ids, found, strict=True) if score is None}
+                if missing:
+                    pipe.zadd(keys.lease_deadlines_in(b), missing, nx=True)
+            await pipe.execute()
+
+    async def _read_due(self) -> tuple[dict[str, float], dict[int, int]]:
+        """The due entries of every bucket (at most `_BATCH` each): run id → deadline, and each
+        bucket's now (ms, its node's clock). Forgets the runs not due any more (renewed)."""
+        keys = self.engine.keys
+        buckets = list(keys.bucket_ids)
+        replies = await asyncio.gather(
+            *(self._due(keys=[keys.lease_deadlines_in(b)], args=[_BATCH]) for b in buckets)
+        )
+        due: dict[str, float] = {}  # run id → deadline
+        now_of: dict[int, int] = {}
+        complete: set[int] = set()
+        for b, reply in zip(buckets, replies, strict=True):
+            now_of[b] = int(reply[0])
+            found = {reply[i].decode(): float(reply[i + 1]) for i in range(1, len(reply), 2)}
+            if len(found) < _BATCH:
+                complete.add(b)
+            due.update(found)
+        self._last_due = max((len(r) // 2 for r in replies), default=0)
+        for rid in set(self._unleased_since) - set(due):
+            if keys.bucket(rid) in complete:  # every due entry of its bucket is here
+                del self._unleased_since[rid]
+        return due, now_of
 
     async def sweep_due(self) -> int:
-        """Look at the due entries (at most `_BATCH`); returns how many runs were re-enqueued."""
+        """Look at the due entries (at most `_BATCH` per bucket); returns how many runs were
+        re-enqueued."""
         engine, keys = self.engine, self.engine.keys
-        reply = await self._due(keys=[keys.lease_deadlines], args=[_BATCH])
-        now_ms = int(reply[0])
-        due = {
-            reply[i].decode(): float(reply[i + 1]) for i in range(1, len(reply), 2)
-        }  # run id → deadline
-        self._last_due = len(due)
-        if len(due) < _BATCH:  # every due entry is here: forget the runs that are not (renewed)
-            for rid in set(self._unleased_since) - set(due):
-                del self._unleased_since[rid]
+        due, now_of = await self._read_due()
         if not due:
             return 0
         ids = list(due)
@@ -194,7 +229,7 @@ class Sweeper:
             elif lease is not None:
                 self._unleased_since.pop(rid, None)
                 if pttl > 0:
-                    live[rid] = now_ms + pttl
+                    live[rid] = now_of[keys.bucket(rid)] + pttl
             elif (mine := engine.runs.get(rid)) is not None and mine.attempt == attempt:
                 self._unleased_since.pop(rid, None)  # ours: our lease loop renews it
             elif (queue := _queue_or_none(keys, rid, workflow, version)) is None:
@@ -202,13 +237,14 @@ class Sweeper:
             else:
                 unleased.append((rid, attempt, status, queue))
         async with engine.redis.pipeline(transaction=False) as pipe:
-            if drop:
-                pipe.zrem(keys.lease_deadlines, *drop)
-                pipe.zrem(keys.active, *[rid for rid in drop if rid not in live])
-            if live:
-                pipe.zadd(keys.lease_deadlines, live, xx=True, gt=True)
+            for b, rids in _by_bucket(keys, drop).items():
+                pipe.zrem(keys.lease_deadlines_in(b), *rids)
+                if ended := [rid for rid in rids if rid not in live]:
+                    pipe.zrem(keys.active_in(b), *ended)
+            for b, rids in _by_bucket(keys, list(live)).items():
+                pipe.zadd(keys.lease_deadlines_in(b), {r: live[r] for r in rids}, xx=True, gt=True)
             for rid, attempt, _, queue in unleased:
-                pipe.zscore(queue, run_job_id(rid, attempt))
+                pipe.zscore(queue, run_job_id(rid, attempt, keys.run_tag(rid)))
             results = await pipe.execute()
         queued_jobs = results[len(results) - len(unleased) :]
         recheck: dict[str, int] = {}
@@ -217,7 +253,7 @@ class Sweeper:
         for (rid, attempt, status, queue), job in zip(unleased, queued_jobs, strict=True):
             if status == b"queued" and job is not None:
                 self._unleased_since.pop(rid, None)
-                recheck[rid] = now_ms + int(_QUEUED_RECHECK_S * 1000)
+                recheck[rid] = now_of[keys.bucket(rid)] + int(_QUEUED_RECHECK_S * 1000)
                 continue
             if status not in _HELD and status != b"queued":
                 continue
@@ -228,7 +264,11 @@ class Sweeper:
             if now - first >= self.grace_s:
                 orphans.append((rid, attempt, None, "lease_expired", queue))
         if recheck:
-            await engine.redis.zadd(keys.lease_deadlines, recheck, xx=True, gt=True)
+            async with engine.redis.pipeline(transaction=False) as pipe:
+                for b, rids in _by_bucket(keys, list(recheck)).items():
+                    entries = {r: recheck[r] for r in rids}
+                    pipe.zadd(keys.lease_deadlines_in(b), entries, xx=True, gt=True)
+                await pipe.execute()
         return await self._reclaim(orphans)
 
     async def check_liveness(self) -> int:
@@ -242,8 +282,18 @@ class Sweeper:
         if not gone:
             return 0
         held: dict[str, list[Orphan]] = {name: [] for name in gone}
-        offset = 0
-        while ids := await engine.redis.zrange(keys.lease_deadlines, offset, offset + _BATCH - 1):
+        for bucket in keys.bucket_ids:
+            await self._held_by(bucket, held)
+        idle = [name for name, runs in held.items() if not runs]
+        if idle:
+            await engine.redis.hdel(keys.workers, *idle)  # type: ignore[misc]
+        return await self._reclaim([orphan for runs in held.values() for orphan in runs])
+
+    async def _held_by(self, bucket: int, held: dict[str, list[Orphan]]) -> None:
+        """Add to `held` (worker → its runs) the runs of `bucket` whose lease names one of them."""
+        engine, keys = self.engine, self.engine.keys
+        deadlines, offset = keys.lease_deadlines_in(bucket), 0
+        while ids := await engine.redis.zrange(deadlines, offset, offset + _BATCH - 1):
             offset += len(ids)
             async with engine.redis.pipeline(transaction=False) as pipe:
                 for rid in ids:
@@ -261,10 +311,6 @@ class Sweeper:
                 ):
                     value = lease.decode()
                     held[holder].append((rid.decode(), int(attempt), value, "worker_gone", queue))
-        idle = [name for name, runs in held.items() if not runs]
-        if idle:
-            await engine.redis.hdel(keys.workers, *idle)  # type: ignore[misc]
-        return await self._reclaim([orphan for runs in held.values() for orphan in runs])
 
     async def _reclaim(self, orphans: list[Orphan]) -> int:
         if not orphans:
@@ -272,7 +318,7 @@ class Sweeper:
         engine = self.engine
         async with engine.redis.pipeline(transaction=False) as pipe:
             for rid, attempt, value, _, queue in orphans:
-                job_id = run_job_id(rid, attempt)
+                job_id = run_job_id(rid, attempt, engine.keys.run_tag(rid))
                 await engine.leases.reclaim_in(pipe, rid, attempt, job_id, queue, held_as=value)
             outcomes = await pipe.execute()
         recovered = 0
@@ -293,10 +339,17 @@ def _queue_or_none(keys: Keys, run_id: str, workflow: bytes, version: bytes | No
     """The run's queue; None, with a warning, for a record whose workflow or version cannot name
     one (no code of ours writes such a record): one such run must not stall every sweep."""
     try:
-        return queue_of_fields(keys, workflow, version)
+        return record_queue(keys, run_id, workflow, version)
     except ValueError as exc:
         logger.warning("run %s cannot be recovered: %s", run_id, exc)
         return None
+
+
+def _by_bucket(keys: Keys, run_ids: list[str]) -> dict[int, list[str]]:
+    grouped: dict[int, list[str]] = {}
+    for rid in run_ids:
+        grouped.setdefault(keys.bucket(rid), []).append(rid)
+    return grouped
 
 
 async def sweep(engine: Engine) -> None:

@@ -92,7 +92,8 @@ class TaskExecution(EngineViews):
         return self.engine.keys.task_lease(self.run_id, self.task_id)
 
     def job_id(self, try_: int) -> str:
-        return task_job_id(self.run_id, self.task_id, self.attempt, try_)
+        tag = self.engine.keys.run_tag(self.run_id)
+        return task_job_id(self.run_id, self.task_id, self.attempt, try_, tag)
 
     # -- TaskContext ----------------------------------------------------------------------------
 
@@ -280,8 +281,8 @@ async def execute_task_job(
 ) -> None:
     """The arq job function for one try of one task."""
     engine: Engine = ctx["engine"]
-    job_id = task_job_id(run_id, task_id, attempt, try_)
-    queue = ctx["queue"]
+    job_id = task_job_id(run_id, task_id, attempt, try_, engine.keys.run_tag(run_id))
+    queue = ctx["queue"]  # the run's queue (`fanout`)
     status, spec = await engine.leases.claim_task(run_id, task_id, attempt, try_, job_id, queue)
     if status != "ok" or spec is None:
         logger.debug("task job %s not run: %s", job_id, status)
@@ -311,11 +312,16 @@ async def execute_task_job(
 async def _release(engine: Engine, execution: TaskExecution) -> None:
     value = engine.leases.task_value(execution.attempt, execution.try_)
 
+    # The run may have ended meanwhile: its doorbell list then expires with it.
+    done = engine.keys.done(execution.run_id)
+
     async def release() -> None:
+        if engine.keys.clustered:  # a cluster pipeline takes no script of the bus's: in turn
+            await engine.leases.release(execution.lease_key, value)
+            await engine.bus.append(execution.run_id, done, execution.task_id)
+            return
         async with engine.redis.pipeline(transaction=False) as pipe:
             await engine.leases.release(execution.lease_key, value, client=pipe)
-            # The run may have ended meanwhile: its doorbell list then expires with it.
-            done = engine.keys.done(execution.run_id)
             await engine.bus.append(execution.run_id, done, execution.task_id, client=pipe)
             await pipe.execute()
 
