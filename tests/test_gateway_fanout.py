@@ -172,13 +172,14 @@ async def test_one_subscription_per_channel_refcounted_by_viewers(
 async def subscribers(redis: Redis, keys: Keys, channel: str) -> int:
     """Subscribers of `channel`: PUBSUB NUMSUB on a single Redis; in a cluster, where channels
     are sharded, PUBSUB SHARDNUMSUB on the node owning the channel's slot."""
-    if not keys.clustered:
+    if keys.clustered:
+        cluster = await cast(RedisCluster, redis).initialize()
+        node = cluster.get_node_from_key(channel)
+        reply = await cluster.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
+    else:
         reply = await redis.pubsub_numsub(channel)
-        return int(reply[0][1])
-    cluster = await cast(RedisCluster, redis).initialize()
-    node = cluster.get_node_from_key(channel)
-    reply = await cluster.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
-    return int(reply[1])
+    [(_, count)] = reply  # redis-py parses both into [(channel, count)]
+    return int(count)
 
 
 async def _numsub_is(numsub: Callable[[], Awaitable[list[int]]], expected: list[int]) -> bool:
@@ -243,10 +244,10 @@ async def test_viewers_churning_on_a_live_run_never_see_gaps(
         flat = [seq for part in runs for seq in part]
         assert flat == list(range(1, len(flat) + 1))  # resumed exactly where each left off
     await wait_for(
-        lambda: _numsub_is(lambda: _numsub(redis, keys.run_channel(run.run_id)), [0]),
+        lambda: _numsub_is(lambda: _numsub(redis, keys, keys.run_channel(run.run_id)), [0]),
         "the channel released",
     )
 
 
-async def _numsub(redis: Redis, channel: str) -> list[int]:
-    return [int(n) for _, n in await redis.pubsub_numsub(channel)]
+async def _numsub(redis: Redis, keys: Keys, channel: str) -> list[int]:
+    return [await subscribers(redis, keys, channel)]

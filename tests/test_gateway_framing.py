@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from tests.test_gateway_support import GatewayFactory
 from tidings.bus import splice_id
 from tidings.keys import Keys
+from tidings.publishing import announce
 from tidings.runs import RunStore
 from tidings.services.gateway.messages import event_message, frame
 from tidings.sse import SSEParser
@@ -76,7 +77,7 @@ async def test_events_with_line_breaks_reach_a_viewer_whole_from_the_log_and_liv
         ms, _ = first.decode().split("-")
         live_id = f"{int(ms) + 1}-0".encode()
         live = splice_id(live_id, _stored(run_id, 2, "live"))
-        await redis.publish(keys.run_channel(run_id), live)
+        await announce(redis, keys, keys.run_channel(run_id), live)
         [received] = await stream.take(1)
         assert (received.id, received.event, received.data) == (
             live_id.decode(),
