@@ -153,6 +153,7 @@ async def workers_listening(redis: Redis, keys: Keys) -> int:
     wake channel on the node that owns its slot."""
     channel = keys.wake_channel_in(0)
     if isinstance(redis, RedisCluster):
+        await redis.initialize()  # the slot map, should no command have read it yet
         node = redis.get_node_from_key(channel)
         reply = await redis.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
         return int(_numsub_count(reply))

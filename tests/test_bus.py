@@ -6,8 +6,10 @@ import asyncio
 import json
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 
+from tests.test_cluster_core_support import listening
 from tidings.bus import Bus
 from tidings.errors import Fenced, NotFound, RunFinished
 from tidings.events import Event, EventType, RunStatus
@@ -19,16 +21,12 @@ async def test_publish_appends_announces_and_updates_the_run(
     bus: Bus, store: RunStore, redis: Redis, keys: Keys
 ) -> None:
     run = await store.create("demo", {"x": 1})
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.run_channel(run.run_id))
-    await pubsub.get_message(timeout=1)  # subscribe confirmation
-
-    ev = await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go", progress=5, attempt=1)
-    assert ev.seq == 1 and ev.progress == 5 and ev.id
-
-    msg = await pubsub.get_message(timeout=2)
+    async with listening(redis, keys.run_channel(run.run_id)) as channel:
+        ev = await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go", progress=5, attempt=1)
+        assert ev.seq == 1 and ev.progress == 5 and ev.id
+        msg = await channel.next(timeout=5)
     assert msg is not None
-    live = Event.model_validate_json(msg["data"])
+    live = Event.model_validate_json(msg)
     assert live == ev
     [(eid, stored)] = await bus.read(run.run_id)
     assert Event.model_validate_json(stored) == ev
@@ -37,7 +35,6 @@ async def test_publish_appends_announces_and_updates_the_run(
     rec = await store.get(run.run_id)
     assert rec.status is RunStatus.RUNNING
     assert rec.started_at and rec.progress == 5 and rec.last_event_id == ev.id
-    await pubsub.aclose()
 
 
 async def test_seq_is_gapless_and_progress_never_decreases_under_concurrency(
@@ -90,31 +87,29 @@ async def test_log_is_closed_after_terminal_event(
         await bus.publish(run.run_id, EventType.LOG, "late")
     rec = await store.get(run.run_id)
     assert rec.status is RunStatus.COMPLETED and rec.result == {"ok": True} and rec.finished_at
-    assert await redis.zscore(keys.active, run.run_id) is None
+    assert await redis.zscore(keys.active_of(run.run_id), run.run_id) is None
 
 
 async def test_lifecycle_summaries_on_status_and_whole_percent_changes(
     bus: Bus, store: RunStore, redis: Redis, keys: Keys
 ) -> None:
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(keys.runs_channel)
-    await pubsub.get_message(timeout=1)
-    run = await store.create("demo", None)
-    await bus.publish(run.run_id, EventType.WORKFLOW_STARTED)
-    await bus.publish(run.run_id, EventType.TASK_PROGRESS, progress=10.2)
-    await bus.publish(run.run_id, EventType.TASK_PROGRESS, progress=10.7)  # same whole percent
-    await bus.publish(run.run_id, EventType.TOKEN, "tok")
-    await bus.publish(run.run_id, EventType.WORKFLOW_COMPLETED, progress=100)
-    seen = []
-    while (msg := await pubsub.get_message(timeout=0.5)) is not None:
-        seen.append(json.loads(msg["data"]))
+    rid = "lifecycle-1"  # known before it exists: its bucket's channel is listened to first
+    async with listening(redis, keys.runs_channel_of(rid)) as channel:
+        run = await store.create("demo", None, run_id=rid)
+        await bus.publish(run.run_id, EventType.WORKFLOW_STARTED)
+        await bus.publish(run.run_id, EventType.TASK_PROGRESS, progress=10.2)
+        await bus.publish(run.run_id, EventType.TASK_PROGRESS, progress=10.7)  # same percent
+        await bus.publish(run.run_id, EventType.TOKEN, "tok")
+        await bus.publish(run.run_id, EventType.WORKFLOW_COMPLETED, progress=100)
+        seen = []
+        while (msg := await channel.next(timeout=0.5)) is not None:
+            seen.append(json.loads(msg))
     assert [(s["status"], int(s["progress"])) for s in seen] == [
         ("queued", 0),
         ("running", 0),
         ("running", 10),
         ("completed", 100),
     ]
-    await pubsub.aclose()
 
 
 async def test_trimmed_log_reports_the_gap(redis: Redis, keys: Keys, store: RunStore) -> None:
@@ -160,21 +155,31 @@ async def test_schema_is_stamped_once_and_a_foreign_version_refused(
         await ensure_schema(redis, keys)
 
 
-async def _evalsha_calls(redis: Redis) -> int:
-    stats = await redis.info("commandstats")
+async def _evalsha_calls(redis: Redis, key: str) -> int:
+    """EVALSHA calls so far on the server holding `key` (its node, in a cluster)."""
+    if isinstance(redis, RedisCluster):
+        node = await _node_of(redis, key)
+        stats = await redis.info("commandstats", target_nodes=node)  # type: ignore[call-arg]
+    else:
+        stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-async def test_a_batch_of_one_run_is_one_script_call(bus: Bus, store: RunStore) -> None:
+async def _node_of(redis: RedisCluster, key: str) -> ClusterNode:
+    await redis.initialize()
+    return redis.get_node_from_key(key)
+
+
+async def test_a_batch_of_one_run_is_one_script_call(bus: Bus, store: RunStore, keys: Keys) -> None:
     run = await store.create("demo", None)
     await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, attempt=1)  # loads the script
-    before = await _evalsha_calls(bus.redis)
+    before = await _evalsha_calls(bus.redis, keys.run(run.run_id))
     cmds = [
         bus.command(run.run_id, EventType.TOKEN, data={"text": str(i)}, progress=i / 5, attempt=1)
         for i in range(500)
     ]
     events = await bus.publish_many(cmds)
-    assert await _evalsha_calls(bus.redis) - before == 1
+    assert await _evalsha_calls(bus.redis, keys.run(run.run_id)) - before == 1
     assert [e.seq for e in events if isinstance(e, Event)] == list(range(2, 502))
     logged = await bus.events(run.run_id, limit=1000)
     assert [e.data for e in logged[1:]] == [{"text": str(i)} for i in range(500)]

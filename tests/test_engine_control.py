@@ -13,7 +13,7 @@ from tidings.bus import Bus
 from tidings.control import Control
 from tidings.errors import BadCursor, Conflict, InvalidInput, NotFound
 from tidings.events import EventType, RunStatus
-from tidings.jobs import RUN_JOB, job_key, run_job_id
+from tidings.jobs import RUN_JOB, job_key, queue_of, run_job_id
 from tidings.keys import Keys
 
 
@@ -23,11 +23,13 @@ async def test_start_records_the_run_and_enqueues_a_json_job(
     rec = await control.start("t_steps", {"n": 2})
     assert rec.status is RunStatus.QUEUED and rec.attempt == 1
     assert rec.input == {"n": 2, "sleep_s": 0.0, "fail_at": None}  # defaults filled in
-    job_id = run_job_id(rec.run_id, 1)
-    assert await redis.zscore(keys.queue_for("t_steps", "1"), job_id) is not None
+    job_id = run_job_id(rec.run_id, 1, keys.run_tag(rec.run_id))
+    # The queue of the run's version in the run's bucket (the only one on a single Redis).
+    assert queue_of(keys, rec) == keys.queue_for("t_steps", "1", keys.bucket(rec.run_id))
+    assert await redis.zscore(queue_of(keys, rec), job_id) is not None
     payload = json.loads(await redis.get(job_key(job_id)))  # JSON, readable, never pickle
     assert payload["f"] == RUN_JOB and payload["a"] == [rec.run_id, 1]
-    assert await redis.zscore(keys.active, rec.run_id) is not None
+    assert await redis.zscore(keys.active_of(rec.run_id), rec.run_id) is not None
     assert (await control.get(rec.run_id)).workflow == "t_steps"
 
 
@@ -42,8 +44,9 @@ async def test_start_rejects_unknown_workflows_and_bad_input_without_writing(
     json.dumps(info.value.errors)  # serialisable as an HTTP error body
     with pytest.raises(InvalidInput):
         await control.start("t_steps", [1, 2])  # type: ignore[arg-type]
-    assert await redis.zcard(keys.runs) == 0
-    assert await redis.zcard(keys.queue_for("t_steps", "1")) == 0
+    for bucket in keys.bucket_ids:
+        assert await redis.zcard(keys.runs_in(bucket)) == 0
+        assert await redis.zcard(keys.queue_for("t_steps", "1", bucket)) == 0
 
 
 async def test_start_with_a_taken_id_is_a_conflict_and_enqueues_nothing_more(
@@ -52,7 +55,8 @@ async def test_start_with_a_taken_id_is_a_conflict_and_enqueues_nothing_more(
     await control.start("t_steps", {}, run_id="fixed-id")
     with pytest.raises(Conflict):
         await control.start("t_steps", {}, run_id="fixed-id")
-    assert await redis.zcard(keys.queue_for("t_steps", "1")) == 1
+    queue = keys.queue_for("t_steps", "1", keys.bucket("fixed-id"))
+    assert await redis.zcard(queue) == 1
 
 
 async def test_signal_validation(control: Control) -> None:
@@ -82,7 +86,7 @@ async def test_cancel_of_a_queued_run_ends_it_at_once(
     assert after.status is RunStatus.CANCELLED and after.finished_at
     types = [e.type for e in await bus.events(rec.run_id)]
     assert types == [EventType.SIGNAL_RECEIVED, EventType.WORKFLOW_CANCELLED]
-    assert await redis.zcard(keys.queue_for("t_loop", "1")) == 0
+    assert await redis.zcard(queue_of(keys, rec)) == 0
     with pytest.raises(Conflict):
         await control.signal(rec.run_id, "stop")  # finished runs take no signals
 

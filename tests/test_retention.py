@@ -22,6 +22,7 @@ from tidings.bus import Bus
 from tidings.catalog import RegistryWorkflows
 from tidings.control import Control
 from tidings.events import EventType, now_ms
+from tidings.jobs import job_key, task_job_id
 from tidings.keys import Keys
 from tidings.retention import prune
 from tidings.runs import RunStore
@@ -70,7 +71,7 @@ async def test_a_finished_run_gets_the_retention_on_every_key_and_an_active_one_
     assert {k: t for k, t in running.items() if k != lease} == {
         k: -1 for k in running if k != lease
     }
-    assert await redis.zscore(keys.expiring, run_id) is None
+    assert await redis.zscore(keys.expiring_of(run_id), run_id) is None
 
     await bus.publish(
         run_id, EventType.WORKFLOW_COMPLETED, "done", attempt=1, fields={"result": "1"}
@@ -81,10 +82,10 @@ async def test_a_finished_run_gets_the_retention_on_every_key_and_an_active_one_
             assert 0 < ttl <= 3_000, (key, ttl)  # a lease keeps its shorter TTL
         else:
             assert retention - 60_000 < ttl <= retention, (key, ttl)
-    expires_at = await redis.zscore(keys.expiring, run_id)
+    expires_at = await redis.zscore(keys.expiring_of(run_id), run_id)
     assert expires_at is not None and abs(expires_at - (now_ms() + retention)) < 60_000
-    assert await redis.zscore(keys.active, run_id) is None
-    assert await redis.zscore(keys.runs, run_id) is not None  # listed until it expires
+    assert await redis.zscore(keys.active_of(run_id), run_id) is None
+    assert await redis.zscore(keys.runs_of(run_id), run_id) is not None  # listed until it expires
 
 
 async def test_retention_zero_keeps_a_finished_run_forever(
@@ -97,7 +98,7 @@ async def test_retention_zero_keeps_a_finished_run_forever(
     await bus.publish(run_id, EventType.WORKFLOW_FAILED, "broke", attempt=1)
     ttls = await _ttls(redis, [keys.run(run_id), keys.events(run_id), keys.state(run_id)])
     assert set(ttls.values()) == {-1}
-    assert await redis.zscore(keys.expiring, run_id) is None
+    assert await redis.zscore(keys.expiring_of(run_id), run_id) is None
 
 
 async def test_a_late_signal_or_doorbell_expires_with_its_run_and_a_gone_run_gets_none(
@@ -137,16 +138,19 @@ async def test_a_terminal_publish_drops_due_runs_from_the_history(
 ) -> None:
     bus = Bus(redis, keys, retention_ms=600_000)
     # Two runs whose keys already expired, still in the indexes.
+    # (In the indexes of the bucket of the run that ends: a publish trims its own bucket's.)
+    run_id = "finisher"
+    history, expiring = keys.runs_of(run_id), keys.expiring_of(run_id)
     now = now_ms()
     for ghost in ("ghost-1", "ghost-2"):
-        await redis.zadd(keys.runs, {ghost: now - DAY_MS})
-        await redis.zadd(keys.expiring, {ghost: now - 1_000})
-    await redis.zadd(keys.expiring, {"not-yet": now + DAY_MS})
-    await redis.zadd(keys.runs, {"not-yet": now - DAY_MS})
-    run_id = (await store.create("t_steps", {})).run_id
+        await redis.zadd(history, {ghost: now - DAY_MS})
+        await redis.zadd(expiring, {ghost: now - 1_000})
+    await redis.zadd(expiring, {"not-yet": now + DAY_MS})
+    await redis.zadd(history, {"not-yet": now - DAY_MS})
+    await store.create("t_steps", {}, run_id=run_id)
     await bus.publish(run_id, EventType.WORKFLOW_COMPLETED, attempt=1)
-    assert set(await redis.zrange(keys.runs, 0, -1)) == {b"not-yet", run_id.encode()}
-    assert set(await redis.zrange(keys.expiring, 0, -1)) == {b"not-yet", run_id.encode()}
+    assert set(await redis.zrange(history, 0, -1)) == {b"not-yet", run_id.encode()}
+    assert set(await redis.zrange(expiring, 0, -1)) == {b"not-yet", run_id.encode()}
 
 
 async def test_listing_skips_and_forgets_runs_whose_record_is_gone(
@@ -154,11 +158,11 @@ async def test_listing_skips_and_forgets_runs_whose_record_is_gone(
 ) -> None:
     ids = [(await control.start("t_steps", {})).run_id for _ in range(3)]
     await redis.delete(keys.run(ids[1]))  # as when its keys expired
-    await redis.zadd(keys.expiring, {ids[1]: now_ms() + 1_000})
+    await redis.zadd(keys.expiring_of(ids[1]), {ids[1]: now_ms() + 1_000})
     page, _ = await control.list_runs()
     assert [r.run_id for r in page] == [ids[2], ids[0]]
-    assert await redis.zscore(keys.runs, ids[1]) is None
-    assert await redis.zscore(keys.expiring, ids[1]) is None
+    assert await redis.zscore(keys.runs_of(ids[1]), ids[1]) is None
+    assert await redis.zscore(keys.expiring_of(ids[1]), ids[1]) is None
 
 
 async def test_with_a_one_second_retention_a_finished_run_leaves_the_api_and_redis(
@@ -179,10 +183,10 @@ async def test_with_a_one_second_retention_a_finished_run_leaves_the_api_and_red
         await until(lambda: _gone_from(listed, run_id), what="the expired run unlisted")
         assert (await stack.client.get(f"/api/runs/{run_id}")).status_code == 404
         assert kept in await listed()
-        assert [k async for k in redis.scan_iter(match=f"{keys.ns}:run:{{{run_id}}}*")] == []
+        assert [k async for k in redis.scan_iter(match=f"{keys.run(run_id)}*")] == []
         assert [k async for k in redis.scan_iter(match=f"arq:*{run_id}*")] == []
-        assert await redis.zscore(keys.runs, run_id) is None
-        assert await redis.zscore(keys.expiring, run_id) is None
+        assert await redis.zscore(keys.runs_of(run_id), run_id) is None
+        assert await redis.zscore(keys.expiring_of(run_id), run_id) is None
         # The active run still has every key it wrote, none with a TTL but its lease's.
         ttls = await _ttls(redis, [k for k in keys.run_keys(kept) if k != keys.lease(kept)])
         assert all(ttl in (-1, -2) for ttl in ttls.values()), ttls
@@ -217,17 +221,26 @@ async def _scene(redis: Redis, keys: Keys, store: RunStore) -> dict[str, str]:
     await bus.publish(scene["active"], EventType.WORKFLOW_STARTED, attempt=1)
     # An old finished run that no index names any more: found by its keys.
     scene["unindexed"] = await _finished(bus, store, redis, keys, timedelta(days=2))
-    await redis.zrem(keys.runs, scene["unindexed"])
-    await redis.zrem(keys.expiring, scene["unindexed"])
+    await redis.zrem(keys.runs_of(scene["unindexed"]), scene["unindexed"])
+    await redis.zrem(keys.expiring_of(scene["unindexed"]), scene["unindexed"])
     # A key the recent run got after it ended, without a TTL.
     await redis.rpush(keys.done(scene["recent"]), "late")
     # Keys of a run whose record is gone, an index entry of another, a job of a third.
     await redis.rpush(keys.signals("orphan"), "{}")
     await redis.set(keys.task_lease("orphan", "p1.0"), "w 1.0", px=60_000)
-    await redis.zadd(keys.runs, {"stale": now_ms() - DAY_MS})
-    await redis.zadd(keys.queue_for("t_steps", "1"), {"task:vanished:p1.0:1.0": now_ms()})
-    await redis.set("arq:job:task:vanished:p1.0:1.0", "{}", px=60_000)
+    await redis.zadd(keys.runs_of("stale"), {"stale": now_ms() - DAY_MS})
+    await redis.zadd(_vanished_queue(keys), {_vanished_job(keys): now_ms()})
+    await redis.set(job_key(_vanished_job(keys)), "{}", px=60_000)
     return scene
+
+
+def _vanished_job(keys: Keys) -> str:
+    """A queued task job of a run that is gone (`task:vanished:p1.0:1.0` on a single Redis)."""
+    return task_job_id("vanished", "p1.0", 1, 0, keys.run_tag("vanished"))
+
+
+def _vanished_queue(keys: Keys) -> str:
+    return keys.queue_for("t_steps", "1", keys.bucket("vanished"))
 
 
 async def _namespace(redis: Redis, keys: Keys) -> dict[str, bool]:
@@ -260,16 +273,16 @@ async def test_prune_removes_old_finished_runs_and_leftovers_and_keeps_the_rest(
     left = await _namespace(redis, keys)
     assert not [k for k in left if any(rid in k for rid in (*old, "orphan"))]
     for rid in (scene["old"], "stale"):
-        for index in (keys.runs, keys.expiring, keys.active):
+        for index in (keys.runs_of(rid), keys.expiring_of(rid), keys.active_of(rid)):
             assert await redis.zscore(index, rid) is None
-    assert await redis.zcard(keys.queue_for("t_steps", "1")) == 0
-    assert await redis.exists("arq:job:task:vanished:p1.0:1.0") == 0
+    assert await redis.zcard(_vanished_queue(keys)) == 0
+    assert await redis.exists(job_key(_vanished_job(keys))) == 0
     # The recent and the active run are whole; the late key now expires with its run.
     recent = await _ttls(redis, keys.run_keys(scene["recent"]))
     assert recent[keys.run(scene["recent"])] > 0 and recent[keys.state(scene["recent"])] > 0
     assert 0 < recent[keys.done(scene["recent"])] <= recent[keys.run(scene["recent"])]
     assert not left[keys.run(scene["active"])] and not left[keys.events(scene["active"])]
-    assert await redis.zscore(keys.active, scene["active"]) is not None
+    assert await redis.zscore(keys.active_of(scene["active"]), scene["active"]) is not None
 
     again = await prune(redis, keys, older_than_s=86_400)
     assert (again.runs, again.keys, again.ttl_fixed) == ([], 0, 0)
