@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from tidings.bus import Bus
 from tidings.control import Control
-from tidings.jobs import DEFAULT_VERSION, JobQueue
+from tidings.jobs import JobQueue
 from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.settings import Settings
@@ -35,8 +35,6 @@ __all__ = [
     "Engine",
     "EngineViews",
     "connect_worker",
-    "record_queue",
-    "run_queue",
     "worker_name",
 ]
 
@@ -52,19 +50,6 @@ def connect_worker(settings: Settings, client_name: str) -> Redis:
     connection it opens, to any node, carries `client_name` (`liveness`)."""
     assert settings.redis_url, "a worker needs REDIS_URL"
     return connect(settings.redis_url, cluster=settings.redis_cluster, client_name=client_name)
-
-
-def run_queue(keys: Keys, run_id: str, workflow: str, version: str) -> str:
-    """The queue of a run's jobs, its own and its tasks': its workflow version's queue in the
-    run's bucket (the only one on a single Redis), so the claim and lease scripts touch one slot.
-    ValueError for a workflow or version that cannot name a queue."""
-    return keys.queue_for(workflow, version, keys.bucket(run_id))
-
-
-def record_queue(keys: Keys, run_id: str, workflow: bytes, version: bytes | None) -> str:
-    """`run_queue` from a run record's raw `workflow` and `version` fields (an HMGET's reply); a
-    record written before runs had versions is at `DEFAULT_VERSION`."""
-    return run_queue(keys, run_id, workflow.decode(), (version or b"").decode() or DEFAULT_VERSION)
 
 
 @dataclass(eq=False)

@@ -39,10 +39,9 @@ from pydantic import ValidationError
 
 from tidings import codec
 from tidings.events import EventType
-from tidings.jobs import TASK_JOB, task_job_id
+from tidings.jobs import TASK_JOB, queue_of, task_job_id
 from tidings.sdk import ReplayMismatch, TaskFailed, TaskSpec, registry
 
-from .context import run_queue
 from .messages import failed_message, retrying_message
 from .outage import until_redis
 from .replay import adapter_for, describe_invalid, typed
@@ -73,7 +72,7 @@ async def run_parallel(
     # An unknown activity fails the run here, before anything is enqueued.
     adapters = {tid: adapter_for(registry.get_activity(by_id[tid].activity).fn) for tid in ids}
     meter = _Meter(run, span, len(ids))
-    queue = run_queue(keys, run.run_id, run.workflow, run.version)
+    queue = queue_of(keys, run)
     tag = keys.run_tag(run.run_id)
     results: dict[str, Any] = {}
     failed: dict[str, str] = {}

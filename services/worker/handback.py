@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 
 from tidings.errors import Fenced, NotFound, RunFinished
 from tidings.events import EventType
-from tidings.jobs import RUN_JOB, run_job_id
+from tidings.jobs import RUN_JOB, queue_of, queue_of_fields, run_job_id
 
-from .context import Engine, record_queue, run_queue
+from .context import Engine
 
 if TYPE_CHECKING:
     from .run import RunHandle
@@ -83,12 +83,12 @@ async def _queue(engine: Engine, handle: RunHandle) -> str | None:
     """The run's queue; read from its record when the run was claimed but not loaded yet (a job
     claimed while the worker stops hands its run back before loading it). None: no record."""
     if handle.workflow:
-        return run_queue(engine.keys, handle.run_id, handle.workflow, handle.version)
+        return queue_of(engine.keys, handle)
     key = engine.keys.run(handle.run_id)
     workflow, version = await engine.redis.hmget(key, ["workflow", "version"])  # type: ignore[misc]
     if not workflow:
         return None
-    return record_queue(engine.keys, handle.run_id, workflow, version)
+    return queue_of_fields(engine.keys, workflow, version, handle.run_id)
 
 
 async def hand_back_task(engine: Engine, job_id: str) -> None:

@@ -41,10 +41,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tidings import codec
 from tidings.errors import Fenced, NotFound, RunFinished, StorageFull
 from tidings.events import EventType
-from tidings.jobs import run_job_id
+from tidings.jobs import queue_of, run_job_id
 from tidings.sdk import WorkflowError, registry
 
-from .context import Engine, run_queue
+from .context import Engine
 from .handback import hand_back_run, requeue
 from .messages import describe_error
 from .outage import OUTAGE_ERRORS, until_redis
@@ -183,7 +183,7 @@ async def _serves_version(handle: RunHandle) -> bool:
     job_id = run_job_id(run_id, attempt, engine.keys.run_tag(run_id))
     held = engine.leases.run_value(attempt)
     # Where it was found: this worker's version's queue in the run's bucket.
-    served = run_queue(engine.keys, run_id, handle.workflow, definition.version)
+    served = engine.keys.queue_for(handle.workflow, definition.version, engine.keys.bucket(run_id))
     try:
         reclaimed = await engine.leases.reclaim(run_id, attempt, job_id, served, held_as=held)
     finally:
@@ -196,7 +196,7 @@ async def _serves_version(handle: RunHandle) -> bool:
         f"{handle.version}: handed back; attempt {new} queued"
     )
     data = {"previous_attempt": attempt, "worker": engine.name, "reason": "version"}
-    queue = run_queue(engine.keys, run_id, handle.workflow, handle.version)
+    queue = queue_of(engine.keys, handle)
     await requeue(engine, run_id, new, message, data, queue, defer_ms=_VERSION_DEFER_MS)
     return False
 

@@ -61,10 +61,10 @@ import logging
 import time
 from typing import Any
 
-from tidings.jobs import run_job_id
+from tidings.jobs import queue_of_fields, run_job_id
 from tidings.keys import Keys
 
-from .context import Engine, record_queue
+from .context import Engine
 from .handback import requeue
 from .liveness import Liveness
 from .outage import OUTAGE_ERRORS, OutageNotice
@@ -339,7 +339,7 @@ def _queue_or_none(keys: Keys, run_id: str, workflow: bytes, version: bytes | No
     """The run's queue; None, with a warning, for a record whose workflow or version cannot name
     one (no code of ours writes such a record): one such run must not stall every sweep."""
     try:
-        return record_queue(keys, run_id, workflow, version)
+        return queue_of_fields(keys, workflow, version, run_id)
     except ValueError as exc:
         logger.warning("run %s cannot be recovered: %s", run_id, exc)
         return None
