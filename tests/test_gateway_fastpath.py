@@ -17,6 +17,7 @@ import pytest
 import uvicorn
 from redis.asyncio import Redis
 
+from tests.conftest import CLUSTER
 from tests.test_gateway_support import GatewayFactory, RawStream, events_of, wait_for
 from tidings.bus import Bus
 from tidings.embedded import free_port
@@ -124,7 +125,9 @@ async def test_without_the_fast_path_streams_are_complete_and_gapless(
     redis_url: str, namespace: str, bus: Bus, store: RunStore
 ) -> None:
     """The gateway app under plain uvicorn (h11): every write takes the ASGI path."""
-    settings = Settings(redis_url=redis_url, namespace=namespace, sse_heartbeat_s=0.2)
+    settings = Settings(
+        redis_url=redis_url, namespace=namespace, redis_cluster=CLUSTER, sse_heartbeat_s=0.2
+    )
     app = asgi_app(create_app(settings, frontend=None))
     port = free_port()
     config = uvicorn.Config(app, port=port, http="h11", log_level="warning", lifespan="on")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ConnectionError, TimeoutError
 
+from tests.conftest import CLUSTER
 from tests.test_gateway_support import (
     GatewayFactory,
     events_of,
@@ -20,6 +21,8 @@ from tidings.events import Event, EventType
 from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.runs import RunStore
+
+pytestmark = pytest.mark.skipif(CLUSTER, reason="restarts a single Valkey of its own")
 
 
 @pytest.fixture
