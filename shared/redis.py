@@ -29,7 +29,7 @@ def connect(url: str, *, retries: int = 3, cluster: bool = False, **kwargs: obje
                 health_check_interval=10,
                 retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
                 retry_on_error=[ConnectionError, TimeoutError],
-                **kwargs,  # type: ignore[arg-type]
+                **kwargs,
             ),
         )
     client: Redis = Redis.from_url(

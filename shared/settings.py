@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .keys import CLUSTER_BUCKETS, Keys
 
-__all__ = ["ROLES", "Settings", "cluster_refusal", "parse_auth_tokens", "parse_duration"]
+__all__ = ["ROLES", "Settings", "parse_auth_tokens", "parse_duration"]
 
 _PREFIX = "TIDINGS_"
 _RESERVED_PREFIXES = ("TIDINGS_TEST_",)
@@ -66,18 +66,6 @@ def parse_auth_tokens(value: str | None) -> list[tuple[str, str]]:
             raise ValueError(f"pair {n}: a token has no spaces")
         pairs.append((role, token))
     return pairs
-
-
-def cluster_refusal(settings: Settings) -> str | None:
-    """Why these settings cannot be served, while the keyspace is not cluster-safe: one line
-    (the gateway and workers exit 2 with it); None for a single Redis."""
-    if not settings.redis_cluster:
-        return None
-    return (
-        "cluster mode (TIDINGS_REDIS_CLUSTER=true) is not supported by this version yet; "
-        "point REDIS_URL at a single Redis or Valkey (`tidings up --cluster N` runs a local "
-        "cluster for experiments, without services)"
-    )
 
 
 class Settings(BaseModel):

@@ -1,5 +1,5 @@
-"""The local Valkey Cluster harness: `EmbeddedCluster`, `tidings up --cluster`, the services'
-refusal of cluster mode, and compose's `cluster` profile (its shape: no Docker here).
+"""The local Valkey Cluster harness: `EmbeddedCluster`, `tidings up --cluster` (the services on
+it), and compose's `cluster` profile and override (their shape: no Docker here).
 
 Real clusters of real `valkey-server` processes, formed over redis-py; every process a test
 starts is stopped by its own pid when it ends."""
@@ -7,7 +7,6 @@ starts is stopped by its own pid when it ends."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 import yaml
@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 from tests.conftest import ROOT, Processes
 from tidings.cluster_view import SLOTS, slot_ranges
 from tidings.embedded_cluster import ClusterError, EmbeddedCluster, EmbeddedNode
+from tidings.keys import CLUSTER_BUCKETS, Keys
 
 CLI = [sys.executable, "-m", "tidings.services.cli"]
 
@@ -235,8 +236,10 @@ async def test_a_killed_primary_fails_over_to_its_replica_keeping_a_replicated_w
     assert not any(pid is not None and psutil.pid_exists(pid) for pid in pids)
 
 
-def _wait_for(proc: subprocess.Popen[bytes], procs: Processes, text: str) -> str:
-    deadline = time.monotonic() + 60
+def _wait_for(
+    proc: subprocess.Popen[bytes], procs: Processes, text: str, timeout: float = 60
+) -> str:
+    deadline = time.monotonic() + timeout
     while text not in (output := procs.output(proc)):
         assert proc.poll() is None, output
         assert time.monotonic() < deadline, output
@@ -245,18 +248,33 @@ def _wait_for(proc: subprocess.Popen[bytes], procs: Processes, text: str) -> str
 
 
 @pytest.mark.slow
-async def test_tidings_up_cluster_forms_it_and_leaves_nothing_behind_on_sigterm(
+@pytest.mark.timeout(180)
+async def test_tidings_up_cluster_runs_the_services_on_it_and_leaves_nothing_behind(
     processes: Processes, tmp_path: Path
 ) -> None:
-    env = {"REDIS_URL": "", "TIDINGS_DATA_DIR": str(tmp_path / "data")}
-    up = processes.start([*CLI, "up", "--cluster", "3"], env=env, name="up")
-    banner = _wait_for(up, processes, "press Ctrl-C")
-    assert "gateway and workers do not run on a cluster yet" in banner
+    env = {"REDIS_URL": "", "TIDINGS_DATA_DIR": str(tmp_path / "data"), "TIDINGS_PORT": "0"}
+    up = processes.start([*CLI, "up", "--cluster", "3", "--workers", "1"], env=env, name="up")
+    banner = _wait_for(up, processes, "press Ctrl-C", timeout=120)
+    assert "Tidings is up" in banner and "TIDINGS_REDIS_CLUSTER=true" in banner
     url = re.search(r"REDIS_URL=(redis://\S+)", banner)
-    assert url, banner
-    pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\): (?:primary|replica)", banner)]
-    assert len(pids) == 6, banner
-    assert sorted(pids) == sorted(p.pid for p in psutil.Process(up.pid).children())
+    gateway = re.search(r"dashboard and API at (http://\S+)/", banner)
+    assert url and gateway, banner
+    node_pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\): (?:primary|replica)", banner)]
+    assert len(node_pids) == 6, banner
+    children = {p.pid for p in psutil.Process(up.pid).children()}
+    assert set(node_pids) < children and len(children) == 6 + 2  # nodes, gateway, worker
+
+    # A run goes through the gateway and the worker, over the cluster, to the end.
+    async with httpx.AsyncClient(base_url=gateway.group(1), timeout=10) as http:
+        quick = {"min_sleep_s": 0.01, "max_sleep_s": 0.05, "max_iterations": 2}
+        body = {"workflow": "monty", "input": quick}
+        started = await http.post("/api/runs", json=body)
+        assert started.status_code == 201, started.text
+        run_id = started.json()["run_id"]
+        deadline = time.monotonic() + 60
+        while (run := (await http.get(f"/api/runs/{run_id}")).json())["status"] != "completed":
+            assert run["status"] not in ("failed", "cancelled") and time.monotonic() < deadline
+            await asyncio.sleep(0.1)
 
     client = RedisCluster.from_url(url.group(1), decode_responses=True)
     try:
@@ -264,52 +282,38 @@ async def test_tidings_up_cluster_forms_it_and_leaves_nothing_behind_on_sigterm(
         assert len(client.get_primaries()) == 3 and len(client.get_replicas()) == 3
         info = await client.execute_command("CLUSTER INFO", target_nodes=RedisCluster.ALL_NODES)
         assert all(reply["cluster_state"] == "ok" for reply in info.values())
-        keys = [f"t-up:{i}" for i in range(30)]
-        for key in keys:
-            await client.set(key, key)
-        assert await client.mget_nonatomic(keys) == keys
+        keys = Keys("tidings", buckets=CLUSTER_BUCKETS)
+        assert await client.hget(keys.run(run_id), "status") == "completed"
     finally:
         await client.aclose()
     assert not (tmp_path / "data" / "redis.url").exists()  # not a single server to find
 
     up.terminate()
-    assert up.wait(30) == 0, processes.output(up)
+    assert up.wait(60) == 0, processes.output(up)
     assert "stopping the cluster's 6 node(s)" in processes.output(up)
-    for pid in pids:
+    for pid in children:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["-m", "tidings.services.gateway"],
-        ["-m", "tidings.services.worker"],
-        ["-m", "tidings.services.cli", "worker"],
-        ["-m", "tidings.services.cli", "up"],
-    ],
-    ids=["gateway", "worker", "cli-worker", "cli-up"],
-)
-def test_a_service_refuses_cluster_mode_with_one_clear_line(command: list[str]) -> None:
-    env: dict[str, Any] = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")},
-        "REDIS_URL": "redis://127.0.0.1:1/0",
-        "TIDINGS_REDIS_CLUSTER": "true",
-    }
-    done = subprocess.run(
-        [sys.executable, *command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert (
-        "cluster mode (TIDINGS_REDIS_CLUSTER=true) is not supported by this version yet"
-        in (lines[0])
-    )
 
 
 def _compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
     return data
+
+
+def test_compose_cluster_override_points_the_services_at_the_cluster_once_formed() -> None:
+    base = _compose()["services"]
+    override = yaml.safe_load((ROOT / "deploy" / "docker-compose.cluster.yml").read_text())
+    assert set(override["services"]) == {"gateway", "worker"}
+    for name, service in override["services"].items():
+        env = service["environment"]
+        host = env["REDIS_URL"].removeprefix("redis://").partition(":")[0]
+        assert host in base and base[host]["profiles"] == ["cluster"], name
+        assert env["TIDINGS_REDIS_CLUSTER"] == "true"
+        assert service["depends_on"] == {
+            "cluster-init": {"condition": "service_completed_successfully"}
+        }
+        # Merged over the base file: everything else of the service is kept from there.
+        assert set(service) == {"environment", "depends_on"} and name in base
 
 
 def test_compose_cluster_profile_has_six_nodes_and_a_one_shot_init() -> None:

@@ -30,6 +30,7 @@ Bench = Callable[[Servers, bool], Awaitable[Result]]
 
 def _registry() -> dict[str, Bench]:
     from .breadth import bench_breadth
+    from .cluster_publish import bench_cluster
     from .dispatch import bench_dispatch
     from .fanout import bench_fanout
     from .fanout_idle import bench_idle
@@ -52,6 +53,7 @@ def _registry() -> dict[str, Bench]:
         "recovery": bench_recovery,
         "sweep": bench_sweep,
         "breadth": bench_breadth,
+        "cluster": bench_cluster,
     }
 
 
@@ -67,6 +69,7 @@ BENCHMARKS = (
     "recovery",
     "sweep",
     "breadth",
+    "cluster",
 )
 
 

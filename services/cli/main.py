@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tidings.settings import Settings, cluster_refusal, parse_duration
+from tidings.settings import Settings, parse_duration
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from .local import gateway_url, with_redis_url
@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cluster",
         type=int,
         metavar="N",
-        help="run an embedded Valkey Cluster of N primaries instead (for experiments: the "
-        "gateway and workers do not run on a cluster yet, so none are started)",
+        help="run the services on an embedded Valkey Cluster of N primaries instead of one "
+        "Valkey (TIDINGS_REDIS_CLUSTER=true for the children)",
     )
     up.add_argument(
         "--replicas", type=int, metavar="R", help="with --cluster: replicas per primary (default 1)"
@@ -184,19 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_exposure(settings)
         except ValueError as exc:
             return _fail(str(exc), EXIT_USAGE)
-    refusal = cluster_refusal(settings)
-    if refusal and args.command in _TALK_TO_REDIS and getattr(args, "cluster", None) is None:
-        return _fail(refusal, EXIT_USAGE)
     try:
         return _COMMANDS[args.command](args, settings)
     except CliError as exc:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-
-
-# Commands that use Redis themselves, and so refuse a cluster the keyspace is not ready for.
-_TALK_TO_REDIS = ("up", "gateway", "worker", "prune", "migrate")
 
 
 def _fail(message: str, code: int) -> int:
@@ -212,28 +205,26 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.workers < 0:
         raise CliError("--workers must be >= 0", EXIT_USAGE)
-    if args.cluster is not None:
-        return _up_cluster(args, settings)
-    if args.replicas is not None:
-        raise CliError("--replicas goes with --cluster N", EXIT_USAGE)
+    cluster = _cluster_shape(args, settings)
     if settings.port == 0:  # "any port": pick it here so the banner and readiness know it
         from tidings.embedded import free_port
 
         settings = settings.model_copy(update={"port": free_port()})
-    return Supervisor(settings, workers=args.workers, grace_s=args.grace).run()
+    return Supervisor(settings, workers=args.workers, grace_s=args.grace, cluster=cluster).run()
 
 
-def _up_cluster(args: argparse.Namespace, settings: Settings) -> int:
-    from .supervisor import Supervisor
-
+def _cluster_shape(args: argparse.Namespace, settings: Settings) -> tuple[int, int] | None:
+    """(primaries, replicas each) of the cluster `--cluster N [--replicas R]` asks for."""
+    if args.cluster is None:
+        if args.replicas is not None:
+            raise CliError("--replicas goes with --cluster N", EXIT_USAGE)
+        return None
     replicas = 1 if args.replicas is None else args.replicas
     if args.cluster < 1 or replicas < 0:
         raise CliError("--cluster N needs N >= 1, and --replicas R >= 0", EXIT_USAGE)
     if settings.redis_url:
         raise CliError("--cluster starts its own cluster: unset REDIS_URL", EXIT_USAGE)
-    return Supervisor(
-        settings, workers=0, grace_s=args.grace, cluster=(args.cluster, replicas)
-    ).run()
+    return args.cluster, replicas
 
 
 def _gateway(args: argparse.Namespace, settings: Settings) -> int:

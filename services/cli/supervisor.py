@@ -15,11 +15,10 @@ Decisions:
   port kept from the previous start when free, so data and URL survive restarts. A lock file
   keeps two `tidings up` from sharing one data directory.
 - `--cluster N`: an `EmbeddedCluster` (N primaries, R replicas each) formed fresh under
-  `<data_dir>/cluster` instead, and no gateway or worker: they do not run on a cluster yet
-  (`TIDINGS_REDIS_CLUSTER`), so the cluster runs alone, for experiments. Children started on it
-  would get one node's URL as `REDIS_URL` and `TIDINGS_REDIS_CLUSTER=true`. `redis.url` is not
-  written (commands that find it expect a single server). A node that dies is reported, not
-  restarted: the cluster fails it over to a replica when it has one.
+  `<data_dir>/cluster` instead of the one Valkey; the gateway and workers get one node's URL as
+  `REDIS_URL` and `TIDINGS_REDIS_CLUSTER=true`. `redis.url` is not written (commands that find
+  it expect a single server). A node that dies is reported, not restarted: the cluster fails it
+  over to a replica when it has one, and the services follow the new primary.
 """
 
 from __future__ import annotations
@@ -82,8 +81,6 @@ class Supervisor:
             _Child(f"worker-{i + 1}", "tidings.services.worker") for i in range(workers)
         ]
         self.cluster_shape = cluster  # (primaries, replicas per primary)
-        if cluster is not None:
-            self.children = []  # the services do not run on a cluster yet
         self.valkey: EmbeddedValkey | None = None
         self.cluster: EmbeddedCluster | None = None
         self._stop = threading.Event()
@@ -224,12 +221,11 @@ class Supervisor:
         return any(w["served"] for w in reply.json()["workflows"])
 
     def _banner(self, redis_url: str) -> None:
-        if self.cluster is not None:
-            self._cluster_banner(self.cluster, redis_url)
-            return
         url = gateway_url(self.settings)
         workers = len(self.children) - 1
         where = "embedded Valkey" if self.valkey else "Redis"
+        if self.cluster is not None:
+            where = "the embedded Valkey Cluster (node below)"
         pids = " ".join(str(c.proc.pid) for c in self.children if c.proc)
         lines = [
             f"Tidings is up: dashboard and API at {url}/",
@@ -237,42 +233,42 @@ class Supervisor:
             f'  try: tidings run research --input \'{{"topic": "tides"}}\' --follow --url {url}',
             "  press Ctrl-C (or send SIGTERM) to stop everything",
         ]
+        if self.cluster is not None:
+            lines[-1:-1] = self._cluster_lines(self.cluster, redis_url)
         print("\n".join(lines), file=self.out, flush=True)
 
-    def _cluster_banner(self, cluster: EmbeddedCluster, redis_url: str) -> None:
+    def _cluster_lines(self, cluster: EmbeddedCluster, redis_url: str) -> list[str]:
         lines = [
-            f"Valkey Cluster is up: {cluster.primary_count} primaries, "
+            f"  Valkey Cluster: {cluster.primary_count} primaries, "
             f"{cluster.replica_count} replica(s) each, "
             f"cluster-node-timeout {cluster.node_timeout_ms} ms",
-            *(f"  {line}" for line in cluster.describe()),
-            f"  REDIS_URL={redis_url} (any node: a cluster client finds the others)",
-            "  the gateway and workers do not run on a cluster yet (TIDINGS_REDIS_CLUSTER), so "
-            "none were started",
-            "  press Ctrl-C (or send SIGTERM) to stop it",
+            *(f"    {line}" for line in cluster.describe()),
+            f"  REDIS_URL={redis_url} TIDINGS_REDIS_CLUSTER=true (any node: a cluster client "
+            "finds the others)",
         ]
         if cluster.primary_count < 3:
-            lines.insert(-1, "  fewer than 3 primaries: a dead primary is not failed over")
-        print("\n".join(lines), file=self.out, flush=True)
+            lines.append("  fewer than 3 primaries: a dead primary is not failed over")
+        return lines
 
-    def _watch_cluster(self, cluster: EmbeddedCluster) -> int:
-        reported: set[str] = set()
-        while not self._stop.wait(0.5):
-            for node in cluster.nodes:
-                if not node.running and node.name not in reported:
-                    reported.add(node.name)
-                    self._say(f"{node.name} ({node.address}) exited; not restarted")
-            if len(reported) == len(cluster.nodes):
-                self._say("every node of the cluster has exited; shutting down")
-                return EXIT_ERROR
-        return EXIT_OK
+    def _report_nodes(self, cluster: EmbeddedCluster, reported: set[str]) -> int | None:
+        """Report each node that exited, once; an exit code when none is left."""
+        for node in cluster.nodes:
+            if not node.running and node.name not in reported:
+                reported.add(node.name)
+                self._say(f"{node.name} ({node.address}) exited; not restarted")
+        if len(reported) == len(cluster.nodes):
+            self._say("every node of the cluster has exited; shutting down")
+            return EXIT_ERROR
+        return None
 
     def _watch(self) -> int:
-        if self.cluster is not None:
-            return self._watch_cluster(self.cluster)
         last_ping = time.monotonic()
         misses = 0
+        reported: set[str] = set()
         while not self._stop.wait(0.25):
             failed = self._check_children(restart=True)
+            if failed is None and self.cluster is not None:
+                failed = self._report_nodes(self.cluster, reported)
             if failed is not None:
                 return failed
             if self.valkey and time.monotonic() - last_ping > 2.0:
