@@ -348,6 +348,8 @@ class Bus:
         after: StreamId = (0, 0),
         count: int = 500,
         max_bytes: int = 1 << 20,
+        *,
+        seen: bool = False,
     ) -> tuple[list[tuple[StreamId, bytes]], LogInfo]:
         """`read` and `log_info` from one snapshot (a MULTI): trimming cannot slip between the
         read and the gap check, so `info.has_gap_after(after)` is true exactly when the page
@@ -357,16 +359,26 @@ class Bus:
 
         The page holds at most `count` entries and stops before the entry that would take it
         past `max_bytes` of payload (it always holds the first): a log of large events is read
-        in more, smaller pages, so a replay's memory is bounded whatever the events' size."""
+        in more, smaller pages, so a replay's memory is bounded whatever the events' size.
+
+        `seen`: `after` is an event the reader had delivered; the info then says whether the log
+        still holds it (`LogInfo.rolled_back_past`)."""
         start, end = xrange_after(after)
         keys = [self.keys.events(run_id), self.keys.run(run_id)]
-        raw, info, record = await self._read_page(keys=keys, args=[start, end, count, max_bytes])
+        look_for = f"{after[0]}-{after[1]}" if seen and after > (0, 0) else ""
+        args: list[str | int] = [start, end, count, max_bytes, look_for]
+        raw, info, record, found = await self._read_page(keys=keys, args=args)
         page = [
             (parse_cursor(eid), splice_id(eid, entry_field(fields, b"e"))) for eid, fields in raw
         ]
         # No stream yet: nothing logged, nothing trimmed.
         log = info_of(info) if info else LogInfo(0, None, None, 0)
-        return page, replace(log, run_status=record[0], run_last_event_id=record[1])
+        return page, replace(
+            log,
+            run_status=record[0],
+            run_last_event_id=record[1],
+            cursor_found=None if found is None else bool(found),
+        )
 
     async def events(self, run_id: str, after: StreamId = (0, 0), limit: int = 500) -> list[Event]:
         """A page of the log as models (the JSON history API and the engine's own reads)."""

@@ -6,12 +6,15 @@ replaying, as bytes, without parsing the JSON.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .streamid import StreamId, just_before, parse_cursor
 
 __all__ = ["LogInfo", "entry_field", "info_of", "splice_id"]
+
+_SEQ = re.compile(rb'\{"seq":(\d+)')
 
 
 def splice_id(entry_id: bytes, stored: bytes) -> bytes:
@@ -31,6 +34,10 @@ class LogInfo:
     # The run record's `status` and `last_event_id` from the same snapshot, when asked for.
     run_status: bytes | None = None
     run_last_event_id: bytes | None = None
+    # Whether the log holds the entry a reader asked about (`Bus.read_page(seen=True)`).
+    cursor_found: bool | None = None
+    # The seq of the oldest entry kept (0: an empty log, or one written before seqs).
+    first_seq: int = 0
 
     @property
     def trimmed(self) -> int:
@@ -45,6 +52,16 @@ class LogInfo:
         """
         first = self.first_id
         return self.trimmed > 0 and first is not None and cursor < just_before(first)
+
+    def rolled_back_past(self, cursor: StreamId) -> bool:
+        """Is the event at `cursor`, which its reader saw delivered, gone from a log that was not
+        trimmed past it? Tidings never deletes entries, so only a log that went back in time
+        loses one: a replica promoted before it had the last writes (asynchronous replication),
+        or a server restarted from an older snapshot. The reader's view then holds events the
+        log no longer has, and only a resync makes it true again."""
+        if self.cursor_found is not False or cursor <= (0, 0) or self.run_status is None:
+            return False
+        return not self.has_gap_after(cursor)
 
 
 def entry_field(fields: Any, name: bytes) -> bytes:
@@ -71,9 +88,21 @@ def info_of(info: Any) -> LogInfo:
         eid = entry[0] if isinstance(entry, list | tuple) else entry
         return parse_cursor(eid)
 
+    def entry_seq(entry: Any) -> int:
+        """The seq at the head of a stored entry (`{"seq":N,…`), without parsing the JSON."""
+        if not isinstance(entry, list | tuple) or len(entry) < 2:
+            return 0
+        try:
+            stored = entry_field(entry[1], b"e")
+        except KeyError:
+            return 0
+        head = _SEQ.match(stored)
+        return int(head.group(1)) if head else 0
+
     length = int(norm.get("length", 0))
     return LogInfo(
         length=length,
+        first_seq=entry_seq(norm.get("first-entry")),
         first_id=entry_id(norm.get("first-entry")),
         last_id=entry_id(norm.get("last-entry")),
         added=int(norm.get("entries-added", length)),

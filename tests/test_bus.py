@@ -15,6 +15,7 @@ from tidings.errors import Fenced, NotFound, RunFinished
 from tidings.events import Event, EventType, RunStatus
 from tidings.keys import Keys
 from tidings.runs import RunStore
+from tidings.streamid import parse_cursor
 
 
 async def test_publish_appends_announces_and_updates_the_run(
@@ -124,6 +125,28 @@ async def test_trimmed_log_reports_the_gap(redis: Redis, keys: Keys, store: RunS
     ms, sq = (int(x) for x in first.id.split("-"))
     assert info.has_gap_after((ms, sq))
     assert info.last_id is not None and not info.has_gap_after(info.last_id)
+
+
+async def test_a_cursor_the_log_lost_is_told_from_one_trimmed_or_kept(
+    redis: Redis, keys: Keys, store: RunStore
+) -> None:
+    """A log that went back in time (here: its newest entries removed by hand, as a promoted
+    replica that lacked them would be) no longer holds an event its reader saw."""
+    bus = Bus(redis, keys)
+    run = await store.create("demo", None)
+    evs = [await bus.publish(run.run_id, EventType.LOG, str(i)) for i in range(6)]
+    at = [parse_cursor(e.id) for e in evs]
+    _, kept = await bus.read_page(run.run_id, at[4], seen=True)
+    assert kept.cursor_found is True and not kept.rolled_back_past(at[4])
+    _, unasked = await bus.read_page(run.run_id, at[4])
+    assert unasked.cursor_found is None and not unasked.rolled_back_past(at[4])
+    await redis.xdel(keys.events(run.run_id), evs[4].id, evs[5].id)
+    page, lost = await bus.read_page(run.run_id, at[5], seen=True)
+    assert page == [] and lost.cursor_found is False
+    assert lost.rolled_back_past(at[5])
+    # The start of a log is no delivered position: nothing to lose there.
+    _, start = await bus.read_page(run.run_id, (0, 0), seen=True)
+    assert start.cursor_found is None and not start.rolled_back_past((0, 0))
 
 
 async def test_log_info_of_empty_log(bus: Bus, store: RunStore) -> None:

@@ -68,7 +68,9 @@ class _Log:
         self.reading = asyncio.Event()
         self.answer = asyncio.Event()
 
-    async def read_page(self, run_id: str, after: StreamId, *_: Any) -> tuple[Any, LogInfo]:
+    async def read_page(
+        self, run_id: str, after: StreamId, *_: Any, seen: bool = False
+    ) -> tuple[Any, LogInfo]:
         self.reading.set()
         await self.answer.wait()
         page = [((n, 0), _event(n)) for n in (1, 2, 3) if (n, 0) > after]

@@ -123,7 +123,8 @@ async def test_a_cursor_older_than_the_trimmed_log_gets_resync_then_the_rest(
         resync, *rest = messages
         assert resync.event == "resync"
         body = json.loads(resync.data)
-        assert body["from"] == first
+        assert body["from"] == first and body["reason"] == "trimmed"
+        assert body["after_seq"] == oldest_seq - 1
         assert body["run"]["run_id"] == run.run_id and body["run"]["status"] == "completed"
         assert body["state"] == {"done": 299}
         seqs = [e["seq"] for e in events_of(rest)]

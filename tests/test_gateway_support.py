@@ -94,7 +94,7 @@ async def start_gateway(
     if redis_url:
         env["REDIS_URL"] = redis_url
     if catalog:
-        cluster = env.get("TIDINGS_REDIS_CLUSTER") == "true"
+        cluster = env.get("TIDINGS_REDIS_CLUSTER", "").lower() == "true"
         await publish_catalog(env["REDIS_URL"], env["TIDINGS_NAMESPACE"], cluster)
     proc = processes.python("tidings.services.gateway", env=env, name="gateway")
     gw = Gateway(port, proc, processes)

@@ -283,8 +283,20 @@ export class Hub {
   onResync(runId, data) {
     const run = this.runs.get(runId);
     if (!run || run.fresh) return;
-    run.resync = data;
     run.cache = []; // the events before it are gone: nobody may be served across the hole
+    if (data.reason !== "rolled_back") {
+      run.resync = data;
+      return;
+    }
+    // The log went back past what was relayed (a promoted replica lacked the last events): the
+    // events that follow reuse those seqs, so every follower starts again from here, at once.
+    const back = data.after_seq || 0;
+    run.cursor = new Cursor(null, back);
+    run.resync = null;
+    for (const sub of run.subs) {
+      sub.cursor = new Cursor(null, back);
+      sub.port.postMessage({ op: "resync", sub: sub.id, data });
+    }
   }
 
   onMissing(runId) {

@@ -88,7 +88,11 @@ function receive(msg) {
   if (!f) return;
   if (msg.op === "state") setState(f, msg.state);
   else if (msg.op === "event") take(f, msg.event);
-  else if (msg.op === "resync") call(f.onResync, msg.data);
+  else if (msg.op === "resync") {
+    // A log that went back in time: the events that follow reuse seqs this follower has seen.
+    if (msg.data.reason === "rolled_back") f.cursor = new Cursor(null, msg.data.after_seq || 0);
+    call(f.onResync, msg.data);
+  }
   else if (msg.op === "snapshot") call(f.onSnapshot, msg.data);
   else if (msg.op === "summary") call(f.onSummary, msg.data);
   else if (msg.op === "missing") {

@@ -53,12 +53,15 @@ export function applyRecord(m, rec) {
 }
 
 // A resync: events before `from` are gone; start again from the run's record and state.
-export function applyResync(m, { run, state, from }) {
+export function applyResync(m, { run, state, from, reason }) {
   const fresh = createModel(m.runId);
-  Object.assign(m, fresh, { trimmedFrom: from || "" });
+  Object.assign(m, fresh, { trimmedFrom: reason === "rolled_back" ? "" : from || "" });
   applyRecord(m, run);
   if (state && typeof state === "object") stateStats(m, state);
-  pushLog(m, { type: "resync", seq: 0, ts: new Date().toISOString(), message: `The log was trimmed: events before ${from || "this point"} are gone.` });
+  const message = reason === "rolled_back"
+    ? "Redis failed over and lost the newest events: the trace starts again from its log."
+    : `The log was trimmed: events before ${from || "this point"} are gone.`;
+  pushLog(m, { type: "resync", seq: 0, ts: new Date().toISOString(), message });
 }
 
 function stateStats(m, d) {

@@ -127,7 +127,13 @@ class ClusterSource:
         self._update()
 
     def is_live(self, channel: bytes) -> bool:
-        node = self._nodes.get(self._route.get(channel, ""))
+        """Subscribed and confirmed on a connection now. Asked about a channel just unwanted
+        whose SUNSUBSCRIBE is not sent yet (the hub's last viewer left, a new one came), the
+        answer is its node's: still subscribed there, so live; routing alone (which forgets the
+        channel on unwant) would say no, and the want that follows sends nothing the hub could
+        wait on."""
+        address = self._route.get(channel) or self._owners[key_slot(channel)] or ""
+        node = self._nodes.get(address)
         return node is not None and node.is_live(channel)
 
     def count_channels(self) -> int:

@@ -4,6 +4,12 @@
   a position older than the trimmed log gets an explicit `resync` event (run record + state
   snapshot) and continues from the oldest entry left; the cursor is done after the run's terminal
   event, or when the log has nothing more and the run has ended.
+- A position the log no longer holds although nothing was trimmed past it means the log went back
+  in time (a replica promoted before it had the last writes: replication is asynchronous; a
+  server restarted from an older snapshot): the viewer has seen events that are gone, and the
+  events written since reuse their seqs. It gets a `resync` too, and the whole log after it, never
+  a silent divergence. The check costs one XRANGE of one entry in the first page's script, and
+  is made for positions the viewer saw delivered (not the start, not where a resync left it).
 - `LifecycleCursor`: the run-list feed. Summaries have no log: a fresh snapshot is the catch-up.
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from functools import partial
 
 from pydantic import ValidationError
 
@@ -40,12 +47,13 @@ def format_id(sid: StreamId) -> str:
 class RunCursor(Cursor):
     """A position in one run's event log; done after the run's terminal event."""
 
-    __slots__ = ("ctx", "run_id")
+    __slots__ = ("ctx", "resynced_at", "run_id")
 
     def __init__(self, ctx: Gateway, run_id: str, last: StreamId, render: Render | None) -> None:
         super().__init__((ctx.keys.run_channel(run_id),), last, render)
         self.ctx = ctx
         self.run_id = run_id
+        self.resynced_at: StreamId | None = None  # where the last resync left the cursor
 
     async def catch_up(self, viewer: Viewer) -> None:
         """Replay the log after the cursor; DONE when the run's stream is over."""
@@ -53,13 +61,22 @@ class RunCursor(Cursor):
         page_size, page_bytes = ctx.settings.replay_page, ctx.settings.page_max_bytes
         read = ctx.bus.read_page
         stats = viewer.stats
+        check = self.last != self.resynced_at  # a position the viewer saw delivered
         while True:
             # Each page comes with the log's shape from the same snapshot: a trim that overtakes
             # the cursor, before or between pages, is always seen and answered with a resync.
-            page, info = await viewer.retry_redis(read, run_id, self.last, page_size, page_bytes)
+            page, info = await viewer.retry_redis(
+                partial(read, seen=check), run_id, self.last, page_size, page_bytes
+            )
             if info.has_gap_after(self.last):
-                await self._resync(viewer, info)
+                await self._resync(viewer, info, "trimmed")
+                check = False
                 continue
+            if check and info.rolled_back_past(self.last):
+                await self._resync(viewer, info, "rolled_back")
+                check = False
+                continue
+            check = False
             parts, done = [], False
             for sid, raw in page:
                 eid, etype = describe(raw)
@@ -88,16 +105,27 @@ class RunCursor(Cursor):
         ):
             self.state = DONE
 
-    async def _resync(self, viewer: Viewer, info: LogInfo) -> None:
-        assert info.first_id is not None
+    async def _resync(self, viewer: Viewer, info: LogInfo, reason: str) -> None:
+        """The record and state now, and the log from its oldest entry (or its start: a log
+        that went back to nothing) after it. `after_seq`: the seq the replay continues after,
+        which a client whose position is past it (`rolled_back`) must go back to."""
         store = self.ctx.store
         record = await viewer.retry_redis(store.get, self.run_id)
         state = await viewer.retry_redis(store.state, self.run_id)
-        first = format_id(info.first_id)
-        body = codec.dumps({"run": record.model_dump(mode="json"), "state": state, "from": first})
+        first = format_id(info.first_id) if info.first_id is not None else "0-0"
+        body = codec.dumps(
+            {
+                "run": record.model_dump(mode="json"),
+                "state": state,
+                "from": first,
+                "reason": reason,
+                "after_seq": max(info.first_seq - 1, 0),
+            }
+        )
         await viewer.write(sse.encode(body, event="resync"), 1)
         viewer.stats.resyncs += 1
-        self.last = just_before(info.first_id)
+        self.last = just_before(info.first_id) if info.first_id is not None else (0, 0)
+        self.resynced_at = self.last
 
 
 class LifecycleCursor(Cursor):
