@@ -17,8 +17,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/tidings up
 
+# The end-to-end core (the seeds' routes, resume, many viewers, kill -9 recovery) runs a second
+# time on a local Valkey Cluster of 3 primaries and 3 replicas (TIDINGS_TEST_CLUSTER, see
+# tests/conftest.py). `make test CLUSTER_CORE=` leaves that pass out.
+CLUSTER_CORE ?= tests/test_compat_seeds.py tests/test_gateway_resume.py \
+	tests/test_gateway_fanout.py tests/test_worker_recovery.py
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	if [ -n "$(strip $(CLUSTER_CORE))" ]; then \
+		TIDINGS_TEST_CLUSTER=1 $(BIN)/python -m pytest $(CLUSTER_CORE); fi
 
 # mypy cannot follow pyproject's package-dir (shared/ is `tidings`, services/ is
 # `tidings.services`), so it reads the folders through links named as they are imported.

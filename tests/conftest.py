@@ -5,8 +5,9 @@ namespace, so tests never see each other's keys and nothing is ever flushed whol
 namespace's keys are deleted when the test ends.
 
 `TIDINGS_TEST_CLUSTER=1` runs the same fixtures on a local Valkey Cluster instead (three
-primaries of the embedded binary, one per session): settings, keys, clients and the processes
-tests start are then in cluster mode (`tests/test_cluster_e2e.py` runs the core suites so).
+primaries with a replica each, of the embedded binary, one per session): settings, keys,
+clients and the processes tests start are then in cluster mode (`make test` runs the
+end-to-end core so, see Makefile).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def redis_url() -> Iterator[str]:
     if CLUSTER:
         with (
             tempfile.TemporaryDirectory(prefix="tidings-test-cluster-") as tmp,
-            EmbeddedCluster(tmp, primaries=3, replicas=0) as cluster,
+            EmbeddedCluster(tmp, primaries=3, replicas=1) as cluster,
         ):
             yield cluster.url
         return

@@ -56,6 +56,21 @@ def test_bench_quick_publish_and_fanout_complete_and_report_numbers(tmp_path: Pa
     assert publish["naive_3rt_events_per_s"] > 0 and publish["publish_many_events_per_s"] > 0
 
 
+@pytest.mark.timeout(120)
+def test_bench_quick_cluster_publishes_on_1_and_3_primaries_and_reports_each_node(
+    tmp_path: Path,
+) -> None:
+    stdout, results = _bench(tmp_path, ["cluster"], 110)
+    assert "3 primaries vs 1" in stdout
+    details = results["cluster"]["details"]
+    three, one = details["three_primaries"], details["one_primary"]
+    assert len(three["nodes"]) == 3 and len(one["nodes"]) == 1
+    # Every primary of the three took part of the load, and none took all of it.
+    assert all(node["commands_per_s"] > 0 for node in three["nodes"].values())
+    assert 1 / 3 <= three["busiest_share"] < 1 and one["busiest_share"] == 1
+    assert three["events_per_s"] == results["cluster"]["figure"] > 0
+
+
 @pytest.mark.timeout(180)
 def test_bench_quick_dispatch_recovery_and_breadth_complete(tmp_path: Path) -> None:
     stdout, results = _bench(tmp_path, ["dispatch", "recovery", "breadth"], 170)

@@ -20,11 +20,16 @@ import httpx
 import psutil
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page
+from redis.asyncio import Redis
 
 from tests.test_api_helpers import Stack, running_stack
 
 # Importing the support module skips this one where there is no Chromium (and fails under CI).
 from tests.test_dashboard_support import browser
+from tidings.bus import Bus
+from tidings.events import EventType
+from tidings.keys import Keys
+from tidings.runs import RunStore
 from tidings.services.gateway.dashboard import SECURITY_HEADERS
 
 __all__ = ["browser"]  # a fixture used by this module
@@ -425,6 +430,51 @@ async def test_tabs_that_come_after_the_log_was_trimmed_get_a_resync_then_the_re
         assert got["seqs"][0] > 1
         assert got["seqs"] == list(range(got["seqs"][0], got["seqs"][-1] + 1))
         assert got["seqs"][-len(seqs) :] == seqs  # to the end, like the log
+    await context.close()
+
+
+async def _drop_gateway_subscription(redis: Redis, processes: Any) -> None:
+    """Close the test's gateway's pub/sub connection on the server (as a failover does): the
+    gateway subscribes again and its viewers catch up from their cursors."""
+    names = {f"tidings-gateway:{proc.pid}" for proc in processes.procs}
+    clients = await redis.client_list(_type="pubsub")
+    ours = [c["id"] for c in clients if c.get("name") in names]
+    assert ours, clients
+    for client_id in ours:
+        await redis.client_kill_filter(_id=client_id)
+
+
+async def test_a_tab_whose_run_log_went_back_in_time_starts_again_from_a_resync(
+    browser: Browser, stack: Stack, redis: Redis, keys: Keys, processes: Any
+) -> None:
+    """A promoted replica that lacked the last writes, played on one Valkey: the run's newest
+    events vanish from its log after the tab showed them, and the events written next reuse
+    their seqs. The tab gets a resync and then shows exactly the log, not the old events with
+    the new ones dropped as repeats."""
+    if keys.clustered:
+        pytest.skip("plays a failover's rollback on the one Valkey the gateway subscribes to")
+    store, bus = RunStore(redis, keys), Bus(redis, keys)
+    run = (await store.create("demo", None)).run_id
+    kept = [await bus.publish(run, EventType.LOG, f"kept {i}") for i in range(10)]
+    context = await browser.new_context()
+    page, _ = await open_tab(context, stack, run)
+    await wait_events(page, run, 10)
+    lost = [await bus.publish(run, EventType.LOG, f"lost {i}") for i in range(3)]
+    await wait_events(page, run, 13)
+
+    await redis.xdel(keys.events(run), *(e.id for e in lost))
+    await redis.hset(keys.run(run), mapping={"seq": 10, "last_event_id": kept[-1].id})
+    await _drop_gateway_subscription(redis, processes)
+    for i in range(5):
+        await bus.publish(run, EventType.LOG, f"after {i}")
+    await bus.publish(run, EventType.WORKFLOW_COMPLETED, "done")
+
+    await wait_closed(page, run)
+    seqs, _ = await log_of(stack, run)
+    assert seqs == list(range(1, 17))  # 11..13 written anew
+    got = await seen(page, run)
+    assert got["resyncs"] == 1
+    assert got["seqs"][:13] == list(range(1, 14)) and got["seqs"][13:] == seqs
     await context.close()
 
 

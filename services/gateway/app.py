@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -90,7 +91,9 @@ def asgi_app(app: Starlette) -> ASGIApp:
 @asynccontextmanager
 async def _lifespan(settings: Settings, app: Starlette) -> AsyncIterator[None]:
     assert settings.redis_url
-    redis = connect(settings.redis_url, cluster=settings.redis_cluster)
+    # Named, so CLIENT LIST tells a gateway's connections (its pub/sub one included) by process.
+    name = f"tidings-gateway:{os.getpid()}"
+    redis = connect(settings.redis_url, cluster=settings.redis_cluster, client_name=name)
     keys = settings.keys()
     bus = Bus.from_settings(redis, keys, settings)
     stats = Stats()
