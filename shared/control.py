@@ -122,7 +122,6 @@ class Control:
             prepared.input,
             run_id=run_id,
             job_queue=(workflow, prepared.version),
-            also=None,
             version=prepared.version,
             **({"owner": owner} if owner else {}),
         )

@@ -10,14 +10,12 @@ first write (the record), and a run is never left queued without a job.
 
 from __future__ import annotations
 
-import inspect
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
-from redis.exceptions import OutOfMemoryError, WatchError
+from redis.exceptions import OutOfMemoryError
 
 from . import codec
 from .errors import Conflict, NotFound, StorageFull
@@ -100,19 +98,13 @@ class RunStore:
         *,
         run_id: str | None = None,
         job_queue: tuple[str, str] | None = None,
-        also: Callable[[Any, str], object] | None = None,
         **extra: str,
     ) -> RunRecord:
         """Write a queued run record, index it, announce it, and with `job_queue` (a workflow
         and version) enqueue its first job on that version's queue in the run's bucket. One
         script over the run's slot (module docstring): all or nothing. `Conflict` when the id
         is taken; `StorageFull` when Redis at its memory cap refuses it (nothing written).
-
-        `also(pipe, run_id)` (sync or async), a single Redis's only, queues more commands into
-        a MULTI with the record instead (the older form: a WATCHed MULTI).
         """
-        if also is not None:
-            return await self._create_with(workflow, input, run_id=run_id, also=also, **extra)
         run_id = check_run_id(run_id or str(uuid.uuid4()))
         record, mapping = _new_record(run_id, workflow, input, extra)
         keys = [self.keys.run(run_id), self.keys.runs_of(run_id), self.keys.active_of(run_id)]
@@ -138,44 +130,6 @@ class RunStore:
             raise StorageFull("storage is full: Redis refused to record a new run") from None
         if not created:
             raise Conflict(f"run {run_id} already exists")
-        return record
-
-    async def _create_with(
-        self,
-        workflow: str,
-        input: Any,
-        *,
-        run_id: str | None,
-        also: Callable[[Any, str], object],
-        **extra: str,
-    ) -> RunRecord:
-        """`create` with `also`: a WATCHed MULTI (a single Redis's)."""
-        if self.keys.clustered:
-            raise AssertionError("a cluster keyspace has no MULTI: create(job_queue=...)")
-        run_id = check_run_id(run_id or str(uuid.uuid4()))
-        key = self.keys.run(run_id)
-        record, mapping = _new_record(run_id, workflow, input, extra)
-        score = now_ms()
-        taken = Conflict(f"run {run_id} already exists")
-        async with self.redis.pipeline(transaction=True) as pipe:
-            # WATCH: a concurrent create of the same id makes this MULTI fail, not overwrite.
-            await pipe.watch(key)
-            if await pipe.exists(key):
-                raise taken
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.hset(key, mapping=mapping)
-            pipe.zadd(self.keys.runs, {run_id: score})
-            pipe.zadd(self.keys.active, {run_id: score})
-            pipe.publish(self.keys.runs_channel, record.summary().model_dump_json())
-            queued = also(pipe, run_id)
-            if inspect.isawaitable(queued):
-                await queued
-            try:
-                await pipe.execute()
-            except WatchError:
-                raise taken from None
-            except OutOfMemoryError:
-                raise StorageFull("storage is full: Redis refused to record a new run") from None
         return record
 
     async def get(self, run_id: str) -> RunRecord:
