@@ -3,6 +3,9 @@
 - The primary that owns a streaming run's slot is killed: its replica is promoted, the gateway
   subscribes again on the new owner, and every viewer ends with exactly the run's log: nothing a
   viewer can see is lost or shown twice.
+- A run executed by a worker while its primary fails over: the worker carries on (or is fenced
+  and its run recovered, as after a crash), the run completes, and its viewers end with exactly
+  its log.
 - Replication is asynchronous, so a promoted replica may lack the last events a viewer already
   saw. That case is forced (the replica is cut off from its primary before the events are
   written): each viewer then gets an explicit `resync` and, after it, exactly the promoted log.
@@ -23,6 +26,8 @@ from typing import Any
 import pytest
 from redis.exceptions import RedisError
 
+from tests.conftest import Processes
+from tests.engine_helpers import FAST_LEASES, start_workers
 from tests.test_gateway_support import GatewayFactory, RawStream, SSEMessage, wait_for
 from tidings.bus import Bus
 from tidings.embedded_cluster import EmbeddedCluster, EmbeddedNode
@@ -164,4 +169,56 @@ async def test_a_viewer_ahead_of_the_promoted_log_gets_a_resync_never_a_silent_g
     finally:
         for viewer in viewers:
             viewer.close()
+        await redis.aclose()
+
+
+async def test_a_worker_run_streams_through_a_failover_of_its_primary_to_completion(
+    cluster: EmbeddedCluster,
+    gateway_factory: GatewayFactory,
+    processes: Processes,
+    namespace: str,
+) -> None:
+    settings = Settings(redis_url=cluster.url, namespace=namespace, redis_cluster=True)
+    keys = settings.keys()
+    gw = await gateway_factory(redis_url=cluster.url, redis_cluster=True)
+    redis = connect(cluster.url, cluster=True)
+
+    def cluster_env(**extra: object) -> dict[str, str]:
+        env = {"REDIS_URL": cluster.url, "TIDINGS_NAMESPACE": namespace}
+        env["TIDINGS_REDIS_CLUSTER"] = "true"
+        env.update({f"TIDINGS_{k.upper()}": str(v) for k, v in extra.items()})
+        return env
+
+    try:
+        await start_workers(processes, cluster_env, redis, keys, 2, **FAST_LEASES)
+        body = {"workflow": "monty", "input": {"min_sleep_s": 0.1, "max_sleep_s": 0.2}}
+        async with gw.client() as http:
+            started = await http.post("/api/runs", json=body)
+            assert started.status_code == 201, started.text
+            run_id = started.json()["run_id"]
+        viewers = [await gw.stream(f"/api/runs/{run_id}/events") for _ in range(2)]
+        readers = [asyncio.create_task(v.read_to_end()) for v in viewers]
+        bus = Bus(redis, keys)
+
+        async def logged(n: int) -> bool:
+            return len(await bus.events(run_id, limit=10_000)) >= n
+
+        await wait_for(lambda: logged(15), "the run well under way", timeout=30)
+        owner = cluster.node_for_slot(key_slot(keys.run(run_id)))
+        await asyncio.to_thread(cluster.failover, owner)
+        await wait_for(lambda: logged(40), "the run going on after the failover", timeout=60)
+        async with gw.client() as http:
+            stopped = await http.post(f"/api/runs/{run_id}/signals/stop")
+            assert stopped.status_code == 202, stopped.text
+
+        received = await asyncio.wait_for(asyncio.gather(*readers), timeout=60)
+        log = await bus.events(run_id, limit=10_000)
+        assert [e.seq for e in log] == list(range(1, len(log) + 1))
+        assert log[-1].type in (EventType.WORKFLOW_COMPLETED, EventType.WORKFLOW_CANCELLED)
+        for messages in received:
+            shown, _ = _view(messages)
+            assert shown == [e.seq for e in log]
+        for viewer in viewers:
+            viewer.close()
+    finally:
         await redis.aclose()
