@@ -9,7 +9,9 @@
   server restarted from an older snapshot): the viewer has seen events that are gone, and the
   events written since reuse their seqs. It gets a `resync` too, and the whole log after it, never
   a silent divergence. The check costs one XRANGE of one entry in the first page's script, and
-  is made for positions the viewer saw delivered (not the start, not where a resync left it).
+  is made for positions this gateway delivered to the viewer (a channel lost to a failover is
+  caught up so); a client's own cursor (`Last-Event-ID`, `?after=`) stays a position, whatever
+  id it names, as it always was.
 - `LifecycleCursor`: the run-list feed. Summaries have no log: a fresh snapshot is the catch-up.
 """
 
@@ -47,12 +49,13 @@ def format_id(sid: StreamId) -> str:
 class RunCursor(Cursor):
     """A position in one run's event log; done after the run's terminal event."""
 
-    __slots__ = ("ctx", "resynced_at", "run_id")
+    __slots__ = ("ctx", "given", "resynced_at", "run_id")
 
     def __init__(self, ctx: Gateway, run_id: str, last: StreamId, render: Render | None) -> None:
         super().__init__((ctx.keys.run_channel(run_id),), last, render)
         self.ctx = ctx
         self.run_id = run_id
+        self.given = last  # where the client asked to start (a position, not a delivery)
         self.resynced_at: StreamId | None = None  # where the last resync left the cursor
 
     async def catch_up(self, viewer: Viewer) -> None:
@@ -61,7 +64,9 @@ class RunCursor(Cursor):
         page_size, page_bytes = ctx.settings.replay_page, ctx.settings.page_max_bytes
         read = ctx.bus.read_page
         stats = viewer.stats
-        check = self.last != self.resynced_at  # a position the viewer saw delivered
+        # Only a position this gateway delivered is known to have been in the log: a client's
+        # own cursor may name any id, and means "what comes after it".
+        check = self.last not in (self.given, self.resynced_at)
         while True:
             # Each page comes with the log's shape from the same snapshot: a trim that overtakes
             # the cursor, before or between pages, is always seen and answered with a resync.
