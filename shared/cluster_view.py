@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SLOTS", "NodeEntry", "parse_info", "parse_nodes", "slot_ranges"]
+from redis.asyncio.connection import Connection
+
+__all__ = ["SLOTS", "NodeEntry", "ask_nodes", "parse_info", "parse_nodes", "slot_ranges"]
 
 SLOTS = 16384
 
@@ -63,3 +65,15 @@ def parse_nodes(text: str) -> dict[str, NodeEntry]:
 def parse_info(text: str) -> dict[str, str]:
     pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+async def ask_nodes(conn: Connection) -> dict[str, NodeEntry]:
+    """CLUSTER NODES over a fresh raw connection (no pool, no retries: the caller bounds it in
+    time and decides what a failure means), parsed; the connection is closed either way."""
+    try:
+        await conn.connect()  # type: ignore[no-untyped-call]
+        await conn.send_command("CLUSTER", "NODES", check_health=False)
+        reply = await conn.read_response()
+    finally:
+        await conn.disconnect(nowait=True)
+    return parse_nodes(reply.decode() if isinstance(reply, bytes) else str(reply))

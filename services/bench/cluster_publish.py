@@ -9,7 +9,9 @@ its own, reported by the failover tests, not a shard count's.
 
 Per node, from INFO before and after the measured window: commands/s
 (`total_commands_processed`), CPU seconds per second (`used_cpu_user` + `used_cpu_sys`), and the
-share of all commands the busiest node took (1/3 would be perfectly even).
+share of all commands the busiest node took (1/3 would be perfectly even). From those, the
+busiest node's CPU per event the cluster published, on 1 primary and on 3: their ratio
+(`ceiling_ratio`) is how much further out the point lies where a server runs out of CPU.
 
 What to expect on a small machine: every node is a single-threaded server, and the publishers are
 Python processes on the same cores. With fewer cores than nodes + publishers, the publishers and
@@ -155,10 +157,14 @@ def _shape(primaries: int, seconds: float, workdir: Path) -> dict[str, Any]:
         for name in before
     }
     total = sum(n["commands_per_s"] for n in nodes.values()) or 1
+    events_per_s = sum(counts) / seconds
+    busiest_cpu = max(n["cpu_s_per_s"] for n in nodes.values())
     return {
-        "events_per_s": sum(counts) / seconds,
+        "events_per_s": events_per_s,
         "nodes": nodes,
         "busiest_share": max(n["commands_per_s"] for n in nodes.values()) / total,
+        # CPU the busiest node spends per event the whole cluster publishes: what caps it.
+        "busiest_cpu_us_per_event": busiest_cpu / events_per_s * 1e6 if events_per_s else None,
     }
 
 
@@ -175,6 +181,9 @@ async def bench_cluster(srv: Servers, quick: bool) -> Result:
         for name, n in three["nodes"].items()
     )
     (alone,) = one["nodes"].values()
+    # How much further the cluster goes before its busiest server is out of CPU than one does.
+    one_cost, three_cost = one["busiest_cpu_us_per_event"], three["busiest_cpu_us_per_event"]
+    ceiling = one_cost / three_cost if one_cost and three_cost else None
     return Result(
         name="cluster",
         title="cluster: publish events/s on 3 primaries vs 1",
@@ -184,7 +193,7 @@ async def bench_cluster(srv: Servers, quick: bool) -> Result:
         baseline_label="the same load on a 1-primary cluster",
         ratio=figure / baseline,
         targets=[Target("busiest_share", "<=", 0.5, "busiest of 3 primaries <= 50% of commands")],
-        figures={"busiest_share": three["busiest_share"]},
+        figures={"busiest_share": three["busiest_share"], "ceiling_ratio": ceiling},
         details={"three_primaries": three, "one_primary": one, "cores": os.cpu_count()},
         notes=[
             f"{_PUBLISHERS} publisher processes x {_IN_FLIGHT} pipelines of {_BATCH} script "
@@ -192,6 +201,9 @@ async def bench_cluster(srv: Servers, quick: bool) -> Result:
             f"{seconds:.0f} s measured",
             f"3 primaries: {per_node}; busiest took {three['busiest_share']:.0%} of commands",
             f"1 primary: {alone['commands_per_s']:,} cmd/s ({alone['cpu_s_per_s']:.2f} CPU)",
+            f"busiest node's CPU per event published: {one_cost or 0:.1f} us on 1 primary, "
+            f"{three_cost or 0:.1f} us on 3: the ceiling where a server runs out of CPU is "
+            f"{ceiling or 0:.1f}x further out",
             f"{os.cpu_count()} cores for every node and publisher: see the module docstring",
         ],
     )

@@ -40,7 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tidings.cluster_view import SLOTS, parse_nodes
+from tidings.cluster_view import SLOTS, NodeEntry, ask_nodes
 
 from .cluster_link import NodeLink
 from .metrics import Stats
@@ -267,14 +267,14 @@ class ClusterSource:
         problems = []
         for address in dict.fromkeys(candidates):
             try:
-                text = await self._cluster_nodes(address)
+                nodes = await self._cluster_nodes(address)
             except (*REDIS_DOWN, ResponseError) as exc:
                 problems.append(f"{address}: {exc}")
                 continue
             host = _split(address)[0]
             owners: list[str | None] = [None] * SLOTS
             known = []
-            for entry in parse_nodes(text).values():
+            for entry in nodes.values():
                 where = entry.address if not entry.address.startswith(":") else host + entry.address
                 if entry.settled:
                     known.append(where)
@@ -284,18 +284,12 @@ class ClusterSource:
             return owners, known
         raise RedisConnectionError("no cluster node answered CLUSTER NODES: " + "; ".join(problems))
 
-    async def _cluster_nodes(self, address: str) -> str:
-        conn = self._connection(address)
+    async def _cluster_nodes(self, address: str) -> dict[str, NodeEntry]:
         try:
             async with asyncio.timeout(_MAP_TIMEOUT_S):
-                await conn.connect()  # type: ignore[no-untyped-call]
-                await conn.send_command("CLUSTER", "NODES", check_health=False)
-                reply = await conn.read_response()
+                return await ask_nodes(self._connection(address))
         except TimeoutError:
             raise RedisTimeoutError(f"{address} did not answer CLUSTER NODES") from None
-        finally:
-            await conn.disconnect(nowait=True)
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
 
     def _connection(self, address: str) -> Connection:
         host, port = _split(address)

@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tidings.cluster_view import parse_nodes
+from tidings.cluster_view import ask_nodes
 
 __all__ = ["ShardedDoorbell"]
 
@@ -105,18 +105,12 @@ class ShardedDoorbell:
         """Each primary's channels, from the first node that answers CLUSTER NODES."""
         failures: list[str] = []
         for address in dict.fromkeys([*self._known, self._startup]):
-            conn = self._connection(address)
             try:
                 async with asyncio.timeout(_TIMEOUT_S):
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                    await conn.send_command("CLUSTER", "NODES", check_health=False)
-                    text = await conn.read_response()
+                    nodes = await ask_nodes(self._connection(address))
             except (OSError, RedisError, TimeoutError) as exc:
                 failures.append(f"{address}: {exc}")
                 continue
-            finally:
-                await conn.disconnect(nowait=True)
-            nodes = parse_nodes(text.decode() if isinstance(text, bytes) else str(text))
             self._known = [n.address for n in nodes.values() if n.settled]
             owners = {
                 (low, high): n.address
