@@ -12,8 +12,8 @@
 -- neighbours there go).
 --
 -- KEYS[1] run hash   KEYS[2] event stream   KEYS[3] active-runs zset (the run's bucket's)
--- KEYS[4] checkpoint hash   KEYS[5] expiring zset   KEYS[6] history zset (the bucket's)   KEYS[7..] the run's other keys (state, signals,
--- …), passed when the batch may end the run
+-- KEYS[4] checkpoint hash   KEYS[5] expiring zset   KEYS[6] history zset (the bucket's)
+-- KEYS[7..] the run's other keys (state, signals, …), passed when the batch may end the run
 -- ARGV[1] fence attempt ('' = no check)     ARGV[2] log MAXLEN (approximate)
 -- ARGV[3] run channel     ARGV[4] lifecycle channel     ARGV[5] now (ISO 8601)
 -- ARGV[6] batch uid, 16 characters (a resent batch is refused as DUPLICATE instead of written
