@@ -11,7 +11,7 @@ authentication on, `addr:<ip>` without. Two limits guard every route that starts
   started. Nothing removes a run when it ends (the publish script stays as it is); instead, a
   check that finds the set full reads each member's status and drops those that ended, and
   those whose record is gone once they are older than a reservation may be. The common case is
-  then O(1), and a check at the limit costs one HGET per member, inside the script.
+  then O(1), and a check at the limit costs one HGET per member, in one routed pipeline (below).
 
 Both checks and the reservation are one script (`_ADMIT`) on the client's slot, so two
 concurrent starts never both take the last slot, through any number of gateways. The run id is
