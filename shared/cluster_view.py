@@ -8,17 +8,7 @@ from dataclasses import dataclass
 
 from redis.asyncio.connection import Connection
 
-__all__ = ["SLOTS", "NodeEntry", "ask_nodes", "parse_info", "parse_nodes", "slot_ranges"]
-
-SLOTS = 16384
-
-
-def slot_ranges(primaries: int) -> list[tuple[int, int]]:
-    """0..16383 split into `primaries` contiguous inclusive ranges, sizes differing by 1 at most."""
-    if primaries < 1:
-        raise ValueError("a cluster needs at least one primary")
-    bounds = [SLOTS * i // primaries for i in range(primaries + 1)]
-    return [(bounds[i], bounds[i + 1] - 1) for i in range(primaries)]
+__all__ = ["NodeEntry", "ask_nodes", "parse_info", "parse_nodes"]
 
 
 @dataclass(frozen=True)

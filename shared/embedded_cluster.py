@@ -35,9 +35,10 @@ from types import TracebackType
 
 from redis.exceptions import RedisError
 
-from .cluster_view import SLOTS, NodeEntry, parse_info, parse_nodes, slot_ranges
+from .cluster_view import NodeEntry, parse_info, parse_nodes
 from .embedded import EmbeddedValkey, free_port
 from .embedded_node import EmbeddedNode
+from .slots import SLOTS, slot_ranges
 
 __all__ = ["ClusterError", "EmbeddedCluster", "EmbeddedNode"]
 

@@ -56,57 +56,21 @@ from __future__ import annotations
 
 import re
 from binascii import crc_hqx
-from functools import cache
 
 from .errors import NotFound
+from .slots import bucket_tag
 
-__all__ = [
-    "CLUSTER_BUCKETS",
-    "SCHEMA_VERSION",
-    "Keys",
-    "bucket_tag",
-    "check_run_id",
-    "check_version",
-    "key_slot",
-]
+__all__ = ["CLUSTER_BUCKETS", "SCHEMA_VERSION", "Keys", "check_run_id", "check_version"]
 
 SCHEMA_VERSION = 2
 # How many buckets a cluster keyspace spreads its runs over (module docstring, "Cluster").
 CLUSTER_BUCKETS = 16
-_SLOTS = 16384
 
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CLIENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
 # The registry's rules (tidings.sdk.registry): a queue's name holds both, nothing may break out.
 _WORKFLOW = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _VERSION = re.compile(r"[A-Za-z0-9._-]{1,32}")
-
-
-def key_slot(key: str | bytes) -> int:
-    """The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between
-    the first `{` and the next `}`, when not empty) or of the whole key, modulo 16384."""
-    raw = key.encode() if isinstance(key, str) else key
-    start = raw.find(b"{")
-    if start >= 0:
-        end = raw.find(b"}", start + 1)
-        if end > start + 1:
-            raw = raw[start + 1 : end]
-    return crc_hqx(raw, 0) % _SLOTS
-
-
-@cache
-def bucket_tag(bucket: int, buckets: int) -> str:
-    """The hash tag of `bucket` of `buckets`, braces included: `{<bucket>.<n>}` with the
-    smallest `n` whose slot falls in the bucket's even share of the 16384 slots. A cluster
-    whose primaries own contiguous slot ranges (how they are assigned) so gets the buckets
-    spread evenly over its primaries, and no two buckets share a slot."""
-    if not 0 <= bucket < buckets <= _SLOTS:
-        raise ValueError(f"bucket {bucket} of {buckets}")
-    low, high = bucket * _SLOTS // buckets, (bucket + 1) * _SLOTS // buckets
-    n = 0
-    while not low <= key_slot(f"{{{bucket}.{n}}}") < high:
-        n += 1
-    return f"{{{bucket}.{n}}}"
 
 
 def check_run_id(run_id: str) -> str:

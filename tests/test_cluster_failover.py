@@ -32,10 +32,10 @@ from tests.test_gateway_support import GatewayFactory, RawStream, SSEMessage, wa
 from tidings.bus import Bus
 from tidings.embedded_cluster import EmbeddedCluster, EmbeddedNode
 from tidings.events import Event, EventType
-from tidings.keys import key_slot
 from tidings.redis import connect
 from tidings.runs import RunStore
 from tidings.settings import Settings
+from tidings.slots import key_slot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -25,9 +25,9 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from tests.conftest import ROOT, Processes
-from tidings.cluster_view import SLOTS, slot_ranges
 from tidings.embedded_cluster import ClusterError, EmbeddedCluster, EmbeddedNode
 from tidings.keys import CLUSTER_BUCKETS, Keys
+from tidings.slots import SLOTS, slot_ranges
 
 CLI = [sys.executable, "-m", "tidings.services.cli"]
 

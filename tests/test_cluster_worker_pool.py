@@ -30,11 +30,12 @@ from tidings.bus import Bus
 from tidings.control import Control
 from tidings.embedded_cluster import EmbeddedCluster
 from tidings.events import EventType, RunStatus
-from tidings.keys import Keys, key_slot
+from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.services.worker.liveness import client_name
 from tidings.services.worker.sharded_doorbell import ShardedDoorbell
 from tidings.settings import Settings
+from tidings.slots import key_slot
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import pytest
 from redis.crc import key_slot as redis_key_slot
 
 from tidings.jobs import job_key, run_job_id, task_job_id
-from tidings.keys import CLUSTER_BUCKETS, Keys, bucket_tag, key_slot
+from tidings.keys import CLUSTER_BUCKETS, Keys
+from tidings.slots import bucket_tag, key_slot
 
 
 def test_key_slot_is_the_slot_the_cluster_client_routes_by() -> None:

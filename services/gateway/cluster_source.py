@@ -11,7 +11,7 @@ Decisions worth knowing:
   speaking SSUBSCRIBE/SUNSUBSCRIBE, its own writer (no churn when a channel is released and
   wanted again at once), PING deadline and bounded reconnect backoff. A node left with nothing
   wanted closes its connection after one ping interval of idleness. This module does routing.
-- A channel is routed by its key slot (`redis.crc.key_slot`, hash tags included) to the primary
+- A channel is routed by its key slot (`tidings.slots.key_slot`, hash tags included) to the primary
   that owns the slot in CLUSTER NODES (parsed by `tidings.cluster_view`), read from a node we are
   connected to, else a startup node, else any node seen before. A primary flagged failed (or not
   yet known) owns nothing: its channels wait where they are until the map names a new owner; a
@@ -35,12 +35,12 @@ from functools import partial
 from typing import Any
 
 from redis.asyncio.connection import Connection, parse_url
-from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tidings.cluster_view import SLOTS, NodeEntry, ask_nodes
+from tidings.cluster_view import NodeEntry, ask_nodes
+from tidings.slots import SLOTS, key_slot
 
 from .cluster_link import NodeLink
 from .metrics import Stats

@@ -30,12 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio.connection import Connection, parse_url
-from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tidings.cluster_view import ask_nodes
+from tidings.slots import key_slot
 
 __all__ = ["ShardedDoorbell"]
 
