@@ -19,8 +19,8 @@ Bodies are built as plain dicts and encoded once; an `Event` model is only made 
 asks for the result. A batch refused as DUPLICATE (the client library resent it after a dropped
 connection, and the first send had landed) counts as published, with ids unknown.
 
-Log entries are stored without their own `id` (the entry ID is the id); `splice_id` puts it back
-when replaying, as bytes, without parsing the JSON.
+Reading the log back (pages, their shape, the gap and rollback checks) is `tidings.log`'s
+`LogReader`, which the bus is.
 
 Retention: a call whose batch may end the run also passes the run's other keys, and the script
 gives them all the retention TTL with the terminal event (`retention_ms`, 0 = keep forever).
@@ -36,7 +36,6 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from importlib import resources
 from itertools import groupby
 from typing import Any
@@ -47,10 +46,9 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 
 from .events import LIFECYCLE_STATUS, TERMINAL_STATUSES, Event, EventType, now_iso
 from .keys import Keys
-from .log import LogInfo, entry_field, info_of, splice_id
+from .log import LogInfo, LogReader, splice_id
 from .publishing import Outcome, PublishCommand, outcomes_of, publish_command
 from .settings import Settings
-from .streamid import StreamId, parse_cursor, xrange_after
 
 __all__ = ["Bus", "LogInfo", "PublishCommand", "splice_id"]
 
@@ -72,11 +70,11 @@ return 1
 _TRIM_PER_CALL = 100
 
 logger = logging.getLogger(__name__)
-_READ_PAGE = resources.files(__package__).joinpath("read_page.lua").read_text()
 
 
-class Bus:
-    """Publishes and replays events. One per process; safe to share between tasks."""
+class Bus(LogReader):
+    """Publishes and replays events (the replay side is `LogReader`'s). One per process; safe
+    to share between tasks."""
 
     def __init__(
         self,
@@ -88,15 +86,13 @@ class Bus:
         retention_ms: int = 0,
         storage_wait_s: float = 0.0,
     ) -> None:
-        self.redis = redis
-        self.keys = keys
+        super().__init__(redis, keys)
         self.maxlen = maxlen
         self.retention_ms = retention_ms
         self.storage_wait_s = storage_wait_s
         self._script = redis.register_script(_SCRIPT)
         self._script_past_cap = redis.register_script(_SCRIPT_PAST_CAP)
         self._append = redis.register_script(_APPEND)
-        self._read_page = redis.register_script(_READ_PAGE)
         self.max_event_bytes = max_event_bytes
         self._publish = publish_command(keys)
 
@@ -333,64 +329,6 @@ class Bus:
             return await script(keys=keys, args=argv, client=client)
         except ResponseError as exc:
             return exc
-
-    async def read(
-        self, run_id: str, after: StreamId = (0, 0), count: int = 500
-    ) -> list[tuple[StreamId, bytes]]:
-        """Up to `count` log entries strictly after `after`, as (id, published JSON bytes)."""
-        start, end = xrange_after(after)
-        raw = await self.redis.xrange(self.keys.events(run_id), min=start, max=end, count=count)
-        return [(parse_cursor(eid), splice_id(eid, fields[b"e"])) for eid, fields in raw]
-
-    async def read_page(
-        self,
-        run_id: str,
-        after: StreamId = (0, 0),
-        count: int = 500,
-        max_bytes: int = 1 << 20,
-        *,
-        seen: bool = False,
-    ) -> tuple[list[tuple[StreamId, bytes]], LogInfo]:
-        """`read` and `log_info` from one snapshot (a MULTI): trimming cannot slip between the
-        read and the gap check, so `info.has_gap_after(after)` is true exactly when the page
-        does not follow on from `after`. The info also carries the run record's status and last
-        event id from that snapshot, so a replay knows whether the run is over without another
-        round trip.
-
-        The page holds at most `count` entries and stops before the entry that would take it
-        past `max_bytes` of payload (it always holds the first): a log of large events is read
-        in more, smaller pages, so a replay's memory is bounded whatever the events' size.
-
-        `seen`: `after` is an event the reader had delivered; the info then says whether the log
-        still holds it (`LogInfo.rolled_back_past`)."""
-        start, end = xrange_after(after)
-        keys = [self.keys.events(run_id), self.keys.run(run_id)]
-        look_for = f"{after[0]}-{after[1]}" if seen and after > (0, 0) else ""
-        args: list[str | int] = [start, end, count, max_bytes, look_for]
-        raw, info, record, found = await self._read_page(keys=keys, args=args)
-        page = [
-            (parse_cursor(eid), splice_id(eid, entry_field(fields, b"e"))) for eid, fields in raw
-        ]
-        # No stream yet: nothing logged, nothing trimmed.
-        log = info_of(info) if info else LogInfo(0, None, None, 0)
-        return page, replace(
-            log,
-            run_status=record[0],
-            run_last_event_id=record[1],
-            cursor_found=None if found is None else bool(found),
-        )
-
-    async def events(self, run_id: str, after: StreamId = (0, 0), limit: int = 500) -> list[Event]:
-        """A page of the log as models (the JSON history API and the engine's own reads)."""
-        return [Event.model_validate_json(raw) for _, raw in await self.read(run_id, after, limit)]
-
-    async def log_info(self, run_id: str) -> LogInfo:
-        key = self.keys.events(run_id)
-        try:
-            info = await self.redis.execute_command("XINFO", "STREAM", key)  # type: ignore[no-untyped-call]
-        except ResponseError:  # no such key: nothing logged yet
-            return LogInfo(0, None, None, 0)
-        return info_of(info)
 
     def append(
         self,

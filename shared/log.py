@@ -1,4 +1,5 @@
-"""A run's event log as a replay reads it: its shape (`LogInfo`) and its entries' published form.
+"""A run's event log as a replay reads it: pages of it (`LogReader`, which `tidings.bus.Bus` is),
+its shape (`LogInfo`) and its entries' published form.
 
 Entries are stored without their own `id` (the entry ID is the id); `splice_id` puts it back when
 replaying, as bytes, without parsing the JSON.
@@ -7,12 +8,20 @@ replaying, as bytes, without parsing the JSON.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from importlib import resources
 from typing import Any
 
-from .streamid import StreamId, just_before, parse_cursor
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-__all__ = ["LogInfo", "entry_field", "info_of", "splice_id"]
+from .events import Event
+from .keys import Keys
+from .streamid import StreamId, just_before, parse_cursor, xrange_after
+
+__all__ = ["LogInfo", "LogReader", "entry_field", "info_of", "splice_id"]
+
+_READ_PAGE = resources.files(__package__).joinpath("read_page.lua").read_text()
 
 _SEQ = re.compile(rb'\{"seq":(\d+)')
 
@@ -107,3 +116,70 @@ def info_of(info: Any) -> LogInfo:
         last_id=entry_id(norm.get("last-entry")),
         added=int(norm.get("entries-added", length)),
     )
+
+
+class LogReader:
+    """Reads runs' logs: entries after a cursor, pages with the log's shape, models."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._read_page = redis.register_script(_READ_PAGE)
+
+    async def read(
+        self, run_id: str, after: StreamId = (0, 0), count: int = 500
+    ) -> list[tuple[StreamId, bytes]]:
+        """Up to `count` log entries strictly after `after`, as (id, published JSON bytes)."""
+        start, end = xrange_after(after)
+        raw = await self.redis.xrange(self.keys.events(run_id), min=start, max=end, count=count)
+        return [(parse_cursor(eid), splice_id(eid, fields[b"e"])) for eid, fields in raw]
+
+    async def read_page(
+        self,
+        run_id: str,
+        after: StreamId = (0, 0),
+        count: int = 500,
+        max_bytes: int = 1 << 20,
+        *,
+        seen: bool = False,
+    ) -> tuple[list[tuple[StreamId, bytes]], LogInfo]:
+        """`read` and `log_info` from one snapshot (a MULTI): trimming cannot slip between the
+        read and the gap check, so `info.has_gap_after(after)` is true exactly when the page
+        does not follow on from `after`. The info also carries the run record's status and last
+        event id from that snapshot, so a replay knows whether the run is over without another
+        round trip.
+
+        The page holds at most `count` entries and stops before the entry that would take it
+        past `max_bytes` of payload (it always holds the first): a log of large events is read
+        in more, smaller pages, so a replay's memory is bounded whatever the events' size.
+
+        `seen`: `after` is an event the reader had delivered; the info then says whether the log
+        still holds it (`LogInfo.rolled_back_past`)."""
+        start, end = xrange_after(after)
+        keys = [self.keys.events(run_id), self.keys.run(run_id)]
+        look_for = f"{after[0]}-{after[1]}" if seen and after > (0, 0) else ""
+        args: list[str | int] = [start, end, count, max_bytes, look_for]
+        raw, info, record, found = await self._read_page(keys=keys, args=args)
+        page = [
+            (parse_cursor(eid), splice_id(eid, entry_field(fields, b"e"))) for eid, fields in raw
+        ]
+        # No stream yet: nothing logged, nothing trimmed.
+        log = info_of(info) if info else LogInfo(0, None, None, 0)
+        return page, replace(
+            log,
+            run_status=record[0],
+            run_last_event_id=record[1],
+            cursor_found=None if found is None else bool(found),
+        )
+
+    async def events(self, run_id: str, after: StreamId = (0, 0), limit: int = 500) -> list[Event]:
+        """A page of the log as models (the JSON history API and the engine's own reads)."""
+        return [Event.model_validate_json(raw) for _, raw in await self.read(run_id, after, limit)]
+
+    async def log_info(self, run_id: str) -> LogInfo:
+        key = self.keys.events(run_id)
+        try:
+            info = await self.redis.execute_command("XINFO", "STREAM", key)  # type: ignore[no-untyped-call]
+        except ResponseError:  # no such key: nothing logged yet
+            return LogInfo(0, None, None, 0)
+        return info_of(info)
