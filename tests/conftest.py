@@ -107,6 +107,21 @@ async def delete_namespace(client: Redis, namespace: str) -> None:
                 await node.aclose()
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A Valkey Cluster of three primaries for a module's tests (its own, whatever the session
+    runs on). Modules that need replicas or damage it override this fixture."""
+    with EmbeddedCluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=0) as formed:
+        yield formed
+
+
+@pytest.fixture
+def cluster_settings(cluster: EmbeddedCluster) -> Settings:
+    """Settings of a fresh namespace on `cluster`, in cluster mode."""
+    namespace = f"c{uuid.uuid4().hex[:10]}"
+    return Settings(redis_url=cluster.url, namespace=namespace, redis_cluster=True)
+
+
 @pytest.fixture
 def own_valkey(tmp_path: Path) -> Iterator[EmbeddedValkey]:
     """A Valkey of the test's own, for tests that fill, restart or reshape a whole server.

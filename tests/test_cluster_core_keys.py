@@ -10,8 +10,7 @@ channel's slot.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -23,7 +22,6 @@ from tests.test_cluster_core_support import listening
 from tidings.bus import Bus
 from tidings.catalog import RegistryWorkflows
 from tidings.control import Control
-from tidings.embedded_cluster import EmbeddedCluster
 from tidings.events import EventType
 from tidings.jobs import job_key, queue_of, run_job_id, signal_doorbell, workers_listening
 from tidings.keys import SCHEMA_VERSION, Keys
@@ -32,19 +30,6 @@ from tidings.redis import connect
 from tidings.retention import prune
 from tidings.sdk import registry
 from tidings.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(tmp_path_factory.mktemp("core"), primaries=3, replicas=0) as formed:
-        yield formed
-
-
-@pytest.fixture
-def cluster_settings(cluster: EmbeddedCluster) -> Settings:
-    return Settings(
-        redis_url=cluster.url, namespace=f"c{uuid.uuid4().hex[:10]}", redis_cluster=True
-    )
 
 
 @pytest.fixture

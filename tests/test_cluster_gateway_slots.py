@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +20,12 @@ from redis.asyncio import Redis
 from tests.conftest import Processes, delete_namespace
 from tests.engine_helpers import until
 from tests.test_gateway_support import Gateway, RawStream, start_gateway
-from tidings.embedded_cluster import EmbeddedCluster
 from tidings.keys import Keys
 from tidings.redis import connect
 from tidings.runs import RunStore
 from tidings.services.gateway.limits import Admission, TooManyActiveRuns
 from tidings.services.gateway.presence import Presence
 from tidings.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
-    with EmbeddedCluster(tmp_path_factory.mktemp("cluster"), primaries=3, replicas=0) as formed:
-        yield formed
-
-
-@pytest.fixture
-def cluster_settings(cluster: EmbeddedCluster) -> Settings:
-    namespace = f"t{uuid.uuid4().hex[:10]}"
-    return Settings(redis_url=cluster.url, namespace=namespace, redis_cluster=True)
 
 
 @pytest.fixture
