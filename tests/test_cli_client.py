@@ -29,6 +29,7 @@ class Stack:
     port: int
     env: dict[str, str]
     processes: Processes
+    worker: subprocess.Popen[bytes] | None = None
 
     def gateway(self) -> subprocess.Popen[bytes]:
         proc = self.processes.start([*CLI, "gateway"], env=self.env, name="gateway")
@@ -63,7 +64,7 @@ def stack(processes: Processes, settings_env: Callable[..., dict[str, str]]) -> 
     env = settings_env(port=port, log_level="warning")
     stack = Stack(f"http://127.0.0.1:{port}", port, env, processes)
     stack.gateway()
-    worker = processes.start([*CLI, "worker"], env=env, name="worker")
+    worker = stack.worker = processes.start([*CLI, "worker"], env=env, name="worker")
     deadline = time.monotonic() + 30
     # Ready once the worker has published its workflows: the gateway knows them from Redis.
     while not any(w["served"] for w in httpx.get(stack.url + "/api/workflows").json()["workflows"]):
@@ -193,6 +194,26 @@ def test_errors_are_one_line_with_the_right_exit_code(stack: Stack) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     nowhere = stack.cli("ls", "--url", f"http://127.0.0.1:{free_port()}")
     assert nowhere.returncode == 1 and "cannot reach the gateway" in nowhere.stderr
+
+
+def test_a_run_no_live_worker_serves_is_queued_with_a_warning(stack: Stack) -> None:
+    assert stack.worker is not None
+    stack.worker.send_signal(signal.SIGTERM)  # a stopped worker withdraws what it serves
+    assert stack.worker.wait(30) == 0
+    deadline = time.monotonic() + 10  # the gateway's view of the catalog is cached for 1 s
+    while any(w["served"] for w in httpx.get(stack.url + "/api/workflows").json()["workflows"]):
+        assert time.monotonic() < deadline, "the stopped worker is still listed as serving"
+        time.sleep(0.05)
+    started = stack.cli("run", "monty", "--input", json.dumps(QUICK_MONTY))
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    assert len(run_id) == 36  # stdout is the id alone, for scripts
+    assert started.stderr.strip() == (
+        "tidings: warning: no live worker serves monty version 1 now: "
+        "the run waits in its queue until one starts"
+    )
+    listed = json.loads(stack.cli("ls", "--json").stdout)
+    assert [r["status"] for r in listed if r["run_id"] == run_id] == ["queued"]
 
 
 def test_ctrl_c_stops_watching_but_not_the_run(stack: Stack) -> None:

@@ -262,6 +262,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     with Api(base, token=settings.token) as api:
         record = api.start(args.workflow, args.input)
     run_id = str(record["run_id"])
+    if record.get("warning"):  # e.g. no live worker serves it: queued, waiting for one
+        print(f"tidings: warning: {record['warning']}", file=sys.stderr, flush=True)
     if not args.follow:
         print(run_id, flush=True)
         return EXIT_OK
