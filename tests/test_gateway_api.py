@@ -127,6 +127,33 @@ async def test_run_record_counts_this_gateways_viewers(
         assert (await client.get("/api/runs/missing")).status_code == 404
 
 
+async def test_head_on_a_live_stream_answers_headers_and_frees_the_connection(
+    gateway_factory: GatewayFactory, bus: Bus, store: RunStore
+) -> None:
+    """HEAD is what GET would answer, without the body: a live stream's body never ends, so the
+    answer must end at the headers, leave the keep-alive connection usable and hold no viewer."""
+    gw = await gateway_factory()
+    run = await store.create("demo", None)
+    await bus.publish(run.run_id, EventType.WORKFLOW_STARTED, "go")
+    async with gw.client() as client:
+        for path in (
+            f"/api/runs/{run.run_id}/events",
+            f"/api/streams?run={run.run_id}",
+            "/api/streams?feed=runs",
+            "/monty/stream",  # a GET starts a monty run; a HEAD must not
+        ):
+            head = await client.head(path, headers={"Accept": "text/event-stream"})
+            assert head.status_code == 200, path
+            assert head.headers["content-type"].startswith("text/event-stream"), path
+            assert head.content == b""
+            # the kept-alive connection the HEAD went over answers the next request
+            assert (await client.get("/healthz")).status_code == 200, path
+        record = (await client.get(f"/api/runs/{run.run_id}")).json()
+        assert record["viewers"] == 0
+        monty = (await client.get("/api/runs", params={"workflow": "monty"})).json()
+        assert monty["runs"] == []
+
+
 async def test_run_list_stream_starts_with_a_snapshot_then_live_summaries(
     gateway_factory: GatewayFactory, bus: Bus, store: RunStore
 ) -> None:

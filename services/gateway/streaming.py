@@ -96,6 +96,9 @@ class EventStreamResponse(Response):
         except TimeoutError:
             hub.stats.slow_disconnects += 1
             return
+        if scope.get("method") == "HEAD":  # headers only: a live stream would never end
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         viewer = Viewer(
             hub,
             send,

@@ -39,7 +39,7 @@ from ..bodies import parse_model, read_json
 from ..context import gateway
 from ..limits import start_limited
 from ..run_routes import control_of
-from ..streaming import stream_run
+from ..streaming import SSE_HEADERS, stream_run
 from .query import coerce_query
 from .seed000 import finished_at
 
@@ -115,6 +115,8 @@ def render_monty(run_id: str) -> Any:
 
 async def monty_stream(request: Request) -> Response:
     resumed = _resume_point(request)
+    if resumed is None and request.method == "HEAD":  # what a GET would answer; no run started
+        return Response(status_code=200, media_type="text/event-stream", headers=SSE_HEADERS)
     if resumed is None:
         return await _start_monty(request)
     run_id, after = resumed
