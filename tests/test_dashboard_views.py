@@ -41,6 +41,9 @@ async def test_start_monty_with_one_click_the_bar_moves_stop_shows_totals(
     run_id = await run_id_from_url(page)
     await expect(page.locator("#t-status")).to_have_text("running", timeout=15_000)
     await expect(page.locator("#t-workflow")).to_have_text("monty")
+    # This tab is a viewer as soon as it is live, not at the record's next refresh (every 5 s).
+    await expect(page.locator("#t-live")).to_have_text("live")
+    await expect(page.locator("#t-viewers")).to_have_text("1", timeout=3_000)
 
     # An endless run: the bar is the current iteration's progress, and it moves.
     await expect(page.locator("#t-progress-label")).to_contain_text("Iteration 1", timeout=10_000)

@@ -20,6 +20,8 @@
 //   bounded cache of the run's newest events when it reaches back far enough; otherwise the run is
 //   rewound: the connection reopens with that run from the follower's cursor, and every follower
 //   drops what it already has by seq. No gap, no duplicate, per follower.
+// - A follower's state is its own: one joining an open hub hears "connecting" until a connection
+//   carrying its run (or the feed) has opened; from then the gateway counts it as a viewer.
 // - After a run's terminal event the server sends nothing more for it: it leaves the set without
 //   a reconnect, and is forgotten (with its cache) when its last follower leaves.
 // - A tab is gone when the hub is granted the lock the tab held for its lifetime (crash and kill
@@ -129,7 +131,7 @@ export class Hub {
     else if (!run.serves(cursor)) run.rewind(cursor);
     run.subs.add(sub);
     this.entry(port).subs.set(id, sub);
-    port.postMessage({ op: "state", sub: id, state: this.state });
+    port.postMessage({ op: "state", sub: id, state: this.carries(sub) ? this.state : this.pending() });
     for (const event of cached) this.deliver(run, sub, event);
     this.schedule();
   }
@@ -140,7 +142,7 @@ export class Hub {
     const sub = { port, id, run: null };
     this.feed.add(sub);
     this.entry(port).subs.set(id, sub);
-    port.postMessage({ op: "state", sub: id, state: this.state });
+    port.postMessage({ op: "state", sub: id, state: this.carries(sub) ? this.state : this.pending() });
     if (this.snapshot) port.postMessage({ op: "snapshot", sub: id, data: { runs: this.snapshot } });
     this.schedule();
   }
@@ -188,6 +190,20 @@ export class Hub {
     if (state === this.state) return;
     this.state = state;
     for (const port of this.ports.keys()) port.postMessage({ op: "state", state });
+  }
+
+  // Is `sub` on the open connection? A run's follower is live once a connection carrying its run
+  // has opened (the gateway counts it as a viewer from then), not when it joins an open hub.
+  carries(sub) {
+    if (!this.opened || !this.carried) return false;
+    if (sub.run === null) return this.carried.feed;
+    const run = this.runs.get(sub.run);
+    return run.done || (!run.fresh && this.carried.runs.has(sub.run));
+  }
+
+  // What a follower not yet carried is told: the hub's state, unless that is a live one.
+  pending() {
+    return this.state === "open" || this.state === "polling" ? "connecting" : this.state;
   }
 
   // -- the connection --------------------------------------------------------------------------
@@ -245,7 +261,13 @@ export class Hub {
   onOpen(state) {
     this.failures = 0;
     this.opened = true;
-    this.setState(state);
+    this.state = state;
+    // Per follower: one that joined while the hub was open heard "connecting" until now.
+    for (const [port, { subs }] of this.ports) {
+      for (const sub of subs.values()) {
+        if (this.carries(sub)) port.postMessage({ op: "state", sub: sub.id, state });
+      }
+    }
     if (this.deferred) this.apply();
   }
 

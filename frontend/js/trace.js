@@ -127,6 +127,7 @@ export function showRun(id) {
     onState(state) {
       setText($("t-live"), { open: "live", connecting: "connecting…", reconnecting: "reconnecting…", polling: "live (polling)", closed: isTerminal(m) ? "" : "disconnected", unauthorized: "not live: access refused" }[state] ?? state);
       onLiveState(state);
+      if (state === "open") fetchRecord(m); // the record read before the stream counted no viewer
     },
   });
   fetchRecord(m);
