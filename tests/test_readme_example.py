@@ -105,6 +105,10 @@ async def test_tidings_new_writes_a_workflow_that_runs(
     assert code == 0 and (tmp_path / "hello.py").is_file(), out
     again, out = await _run([TIDINGS, "new", "hello"], tmp_path, env)
     assert again == 2 and "not overwriting" in out
+    for bad in ("my-flow", "class", "../evil", "9lives", ""):
+        refused, out = await _run([TIDINGS, "new", bad], tmp_path, env)
+        assert refused == 2 and f"{bad!r} cannot name a module" in out, (bad, out)
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == ["hello.py"]
     lines = [
         ["tidings", "up", "--workers", "0"],
         ["tidings", "worker", "--workflows", "hello"],

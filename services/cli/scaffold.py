@@ -2,7 +2,7 @@
 
 The module defines a workflow named NAME with an input model, one checkpointed step and a fan-out
 of an activity, so every part of the SDK an author starts with is there to edit. An existing file
-is never overwritten; NAME must be a Python identifier (it is the module's name too).
+is never overwritten; NAME must be a Python identifier, not a keyword (it names the module too).
 """
 
 from __future__ import annotations
@@ -64,7 +64,11 @@ def render(name: str) -> str:
 def write_workflow(name: str, directory: Path | None = None) -> Path:
     """Write `<directory>/<name>.py` (default: the current directory); CliError if it exists."""
     if not name.isidentifier() or keyword.iskeyword(name) or len(name) > 64:
-        raise CliError(f"{name!r} is not a Python identifier (it names the module)", EXIT_USAGE)
+        raise CliError(
+            f"{name!r} cannot name a module: use letters, digits and _ (not starting with a "
+            "digit, at most 64 characters, not a Python keyword)",
+            EXIT_USAGE,
+        )
     if name in _TAKEN:
         raise CliError(f"{name!r} is a name the module itself uses; choose another", EXIT_USAGE)
     path = (directory or Path.cwd()) / f"{name}.py"
