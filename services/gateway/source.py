@@ -26,11 +26,11 @@ from collections.abc import Collection
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .metrics import Stats
+from .pubsub_wire import PubSubWire, open_wire
 
 __all__ = ["REDIS_DOWN", "PubSubSource", "Source", "SourceEvents"]
 
@@ -93,7 +93,6 @@ class PubSubSource:
         self._pending: dict[bytes, int] = {}  # SUBSCRIBEs not yet confirmed
         self._changed: set[bytes] = set()
         self._dirty = asyncio.Event()
-        self._last_rx = 0.0
         self._task: asyncio.Task[None] | None = None
         self._events: SourceEvents | None = None
         self._closing = False
@@ -135,12 +134,14 @@ class PubSubSource:
     async def _run(self) -> None:
         delay = 0.05
         ever_connected = False
+        pool = self._redis.connection_pool
         while not self._closing:
-            conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            wire: PubSubWire | None = None
             up = False
             try:
-                async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                    await conn.connect()
+                wire = await open_wire(
+                    pool.connection_class, pool.connection_kwargs, _CONNECT_TIMEOUT_S
+                )
                 up = True
                 if ever_connected:
                     self._stats.pubsub_reconnects += 1
@@ -149,7 +150,7 @@ class PubSubSource:
                     )
                 ever_connected = True
                 delay = 0.05
-                await self._session(conn)
+                await self._session(wire)
             except REDIS_DOWN as exc:
                 # Loud once per outage, quiet while retrying.
                 level = logging.WARNING if up or not ever_connected else logging.DEBUG
@@ -159,7 +160,8 @@ class PubSubSource:
                 log.exception("pub/sub session failed; reconnecting in %.2fs", delay)
             finally:
                 self._lost()
-                await conn.disconnect(nowait=True)
+                if wire is not None:
+                    wire.abort()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max_backoff)
 
@@ -171,21 +173,21 @@ class PubSubSource:
         if was and self._events is not None:
             self._events.on_lost()
 
-    async def _session(self, conn: AbstractConnection) -> None:
+    async def _session(self, wire: PubSubWire) -> None:
         self.connected = True
-        self._last_rx = asyncio.get_running_loop().time()
         self._changed = set(self._wanted)
         self._dirty.set()
-        writer = asyncio.create_task(self._writer(conn), name="tidings-gateway-pubsub-writer")
+        wire.on_reply = self._reply  # from now on, in the protocol's callback
+        writer = asyncio.create_task(self._writer(wire), name="tidings-gateway-pubsub-writer")
         try:
-            await self._reader(conn)
+            await wire.closed  # raises why the connection ended
         finally:
             writer.cancel()
             await asyncio.wait({writer})
             if not writer.cancelled() and writer.exception() is not None:
                 log.warning("pub/sub writer stopped: %s", writer.exception())
 
-    async def _writer(self, conn: AbstractConnection) -> None:
+    async def _writer(self, wire: PubSubWire) -> None:
         """Sends SUBSCRIBE/UNSUBSCRIBE as channels change, PING when idle."""
         loop = asyncio.get_running_loop()
         try:
@@ -194,9 +196,9 @@ class PubSubSource:
                     async with asyncio.timeout(self._ping_interval):
                         await self._dirty.wait()
                 except TimeoutError:
-                    if loop.time() - self._last_rx > 3 * self._ping_interval:
+                    if loop.time() - wire.last_rx > 3 * self._ping_interval:
                         raise RedisTimeoutError("pub/sub connection silent") from None
-                    await conn.send_command("PING", check_health=False)
+                    wire.send("PING")
                     continue
                 self._dirty.clear()
                 changed, self._changed = self._changed, set()
@@ -206,30 +208,26 @@ class PubSubSource:
                     for name in add:
                         self._pending[name] = self._pending.get(name, 0) + 1
                     self._sent.update(add)
-                    await conn.send_command("SUBSCRIBE", *add, check_health=False)
+                    wire.send("SUBSCRIBE", *add)
                 if drop:
                     self._sent.difference_update(drop)
-                    await conn.send_command("UNSUBSCRIBE", *drop, check_health=False)
+                    wire.send("UNSUBSCRIBE", *drop)
         except REDIS_DOWN:
-            # Closing the connection makes the reader fail too, which ends the session.
-            await conn.disconnect(nowait=True)
+            # Closing the connection fails `wire.closed` too, which ends the session.
+            wire.abort()
             raise
 
-    async def _reader(self, conn: AbstractConnection) -> None:
-        loop = asyncio.get_running_loop()
-        events = self._events
-        assert events is not None
-        on_message = events.on_message
-        while True:
-            resp = await conn.read_response()
-            self._last_rx = loop.time()
-            if not isinstance(resp, list) or not resp:
-                continue
-            kind = resp[0]
-            if kind == b"message":
-                on_message(resp[1], resp[2])
-            elif kind == b"subscribe":
-                self._confirmed(resp[1])
+    def _reply(self, reply: object) -> None:
+        """A reply read on the session's connection (`PubSubWire`), in order."""
+        if type(reply) is not list or not reply:
+            return
+        kind = reply[0]
+        if kind == b"message":
+            events = self._events
+            assert events is not None
+            events.on_message(reply[1], reply[2])
+        elif kind == b"subscribe":
+            self._confirmed(reply[1])
 
     def _confirmed(self, name: bytes) -> None:
         left = self._pending.get(name, 0) - 1
