@@ -119,3 +119,26 @@ async def test_wrong_credentials_fail_the_handshake_and_a_reply_handler_bug_ends
     finally:
         await admin.execute_command("AUTH", "right")
         await admin.aclose()
+
+
+async def test_a_server_that_never_answers_times_the_handshake_out() -> None:
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append((reader, writer))  # accepts, answers nothing
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        kwargs = {"host": "127.0.0.1", "port": port, "client_name": "t"}
+        with pytest.raises(TimeoutError):
+            await open_wire(Connection, kwargs, 0.3)
+        # What it sent, then its end of the connection: nothing is left open behind the error.
+        ((reader, _),) = held
+        sent = await asyncio.wait_for(reader.read(), 5)
+        assert sent == encode_command(("CLIENT", "SETNAME", "t"))
+    finally:
+        for _, writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

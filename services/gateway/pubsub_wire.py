@@ -136,10 +136,12 @@ async def open_wire(
 async def _next(replies: asyncio.Queue[Reply], wire: PubSubWire) -> Reply:
     """The next handshake reply, or the connection's failure."""
     getting = asyncio.ensure_future(replies.get())
-    await asyncio.wait({getting, wire.closed}, return_when=asyncio.FIRST_COMPLETED)
-    if getting.done():
-        return getting.result()
-    getting.cancel()
+    try:
+        await asyncio.wait({getting, wire.closed}, return_when=asyncio.FIRST_COMPLETED)
+        if getting.done():
+            return getting.result()
+    finally:
+        getting.cancel()  # a no-op once done; else (closed, timed out) nothing is left waiting
     wire.closed.result()  # raises why it closed
     raise RedisConnectionError("pub/sub connection closed")
 
