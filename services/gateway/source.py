@@ -6,12 +6,12 @@ connection per cluster node can stand in for this one without the hub changing.
 
 Decisions worth knowing:
 
-- The connection is a plain redis-py `Connection`, not `PubSub`: `PubSub` silently reconnects and
-  resubscribes, which would hide the window in which messages were missed. Here a lost connection
-  is reported (`on_lost`, every channel; `cluster_source.py`, one connection per cluster node,
-  reports a node's channels alone with `on_lost_channels`), and after a reconnect each channel is
-  reported ready again only once the server confirmed its SUBSCRIBE, so the hub can make its
-  viewers catch up from the log.
+- The connection is our own (`pubsub_wire.py`, read in its protocol callback), not redis-py's
+  `PubSub`: `PubSub` silently reconnects and resubscribes, which would hide the window in which
+  messages were missed. Here a lost connection is reported (`on_lost`, every channel;
+  `cluster_source.py`, one connection per cluster node, reports a node's channels alone with
+  `on_lost_channels`), and after a reconnect each channel is reported ready again only once the
+  server confirmed its SUBSCRIBE, so the hub can make its viewers catch up from the log.
 - A single writer task reconciles "channels wanted" with "channels subscribed", so a channel
   released and wanted again at once causes no churn, and a SUBSCRIBE/UNSUBSCRIBE race can never
   mark a channel live before the server confirms it.
